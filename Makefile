@@ -1,0 +1,29 @@
+# vps-remediate: make help lists the targets.
+CARGO ?= cargo
+
+.PHONY: help test lint fmt bench bench-spool doc clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+test: ## Run every test of the workspace (the README's test command)
+	$(CARGO) test --workspace --locked
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+bench: bench-spool ## Run every benchmark (release build; prints figures as ratios)
+
+bench-spool: ## Spool benchmarks: durable enqueue vs bare loop and SQLite, claim, snapshot
+	$(CARGO) bench --locked -p remediate-spool --bench spool
+
+doc: ## Build the API docs (the spool's and config's design documents)
+	$(CARGO) doc --workspace --no-deps
+
+clean: ## Remove build output and the local ./var
+	$(CARGO) clean
+	rm -rf var

@@ -1,0 +1,1 @@
+//! Policy, profiles, action catalog and command guard (being built).

@@ -1,0 +1,385 @@
+//! The in-memory index of a spool: which run sits where, ordered by due time
+//! and by request time, kept current by inotify.
+//!
+//! The index is a hint, never the truth: a claim still locks and reads the
+//! file, and every inotify event is checked against the file system when it
+//! is processed. It exists so that a claim and a snapshot cost the same with
+//! 100 or 100,000 runs in the spool. It is built by one scan per host; after
+//! that, this process's own moves update it directly and other processes'
+//! moves arrive as inotify events (drained, without blocking, before every
+//! query). A queue overflow falls back to a full rescan.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::id::{HostId, RunId};
+use crate::local::Dir;
+use crate::record::{RunRecord, RunState};
+
+/// The buckets a snapshot counts; each run is in exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Bucket {
+    /// Queued and never attempted.
+    Queued,
+    /// Queued after a failed attempt, waiting for `nextAttemptAt`.
+    RetryScheduled,
+    /// Waiting for an operator's approval.
+    Held,
+    /// Claimed by an executor (attempt started or about to).
+    Running,
+    Succeeded,
+    Rejected,
+    Expired,
+    Canceled,
+    Replayed,
+    Dlq,
+    Corrupt,
+}
+
+impl Bucket {
+    pub const ALL: [Bucket; 11] = [
+        Bucket::Queued,
+        Bucket::RetryScheduled,
+        Bucket::Held,
+        Bucket::Running,
+        Bucket::Succeeded,
+        Bucket::Rejected,
+        Bucket::Expired,
+        Bucket::Canceled,
+        Bucket::Replayed,
+        Bucket::Dlq,
+        Bucket::Corrupt,
+    ];
+
+    fn idx(self) -> usize {
+        self as usize
+    }
+
+    /// The bucket of a record found in `dir`.
+    pub fn of(record: &RunRecord, dir: Dir) -> Bucket {
+        match dir {
+            Dir::Running => return Bucket::Running,
+            Dir::Corrupt => return Bucket::Corrupt,
+            _ => {}
+        }
+        match record.state {
+            RunState::Queued if record.attempts > 0 => Bucket::RetryScheduled,
+            RunState::Queued => Bucket::Queued,
+            RunState::Held => Bucket::Held,
+            RunState::Running => Bucket::Running,
+            RunState::Succeeded => Bucket::Succeeded,
+            RunState::Rejected => Bucket::Rejected,
+            RunState::Expired => Bucket::Expired,
+            RunState::Canceled => Bucket::Canceled,
+            RunState::Replayed => Bucket::Replayed,
+            RunState::Dlq => Bucket::Dlq,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Meta {
+    pub dir: Dir,
+    pub bucket: Bucket,
+    pub requested_ms: i64,
+    pub due_ms: i64,
+    pub action: Arc<str>,
+}
+
+impl Meta {
+    pub fn of(record: &RunRecord, dir: Dir) -> Meta {
+        Meta {
+            dir,
+            bucket: Bucket::of(record, dir),
+            requested_ms: record.requested_at.timestamp_millis(),
+            due_ms: record.due_at().timestamp_millis(),
+            action: Arc::from(record.action_key.as_str()),
+        }
+    }
+
+    /// A file that could not be read yet: claimable at once so that a claim
+    /// reads it and quarantines it if it really is corrupt.
+    fn unreadable(dir: Dir) -> Meta {
+        Meta {
+            dir,
+            bucket: if dir == Dir::Queued {
+                Bucket::Queued
+            } else {
+                Bucket::Corrupt
+            },
+            requested_ms: 0,
+            due_ms: 0,
+            action: Arc::from(""),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct HostIndex {
+    entries: HashMap<RunId, Meta>,
+    /// Runs in `queued/`, by (due, requested, id).
+    due: BTreeSet<(i64, i64, RunId)>,
+    /// Runs by bucket, by (requested, id).
+    buckets: [BTreeSet<(i64, RunId)>; 11],
+}
+
+impl HostIndex {
+    fn insert(&mut self, id: RunId, meta: Meta) {
+        self.remove(&id);
+        if meta.dir == Dir::Queued {
+            self.due
+                .insert((meta.due_ms, meta.requested_ms, id.clone()));
+        }
+        self.buckets[meta.bucket.idx()].insert((meta.requested_ms, id.clone()));
+        self.entries.insert(id, meta);
+    }
+
+    fn remove(&mut self, id: &RunId) -> Option<Meta> {
+        let old = self.entries.remove(id)?;
+        if old.dir == Dir::Queued {
+            self.due.remove(&(old.due_ms, old.requested_ms, id.clone()));
+        }
+        self.buckets[old.bucket.idx()].remove(&(old.requested_ms, id.clone()));
+        Some(old)
+    }
+
+    pub fn count(&self, b: Bucket) -> usize {
+        self.buckets[b.idx()].len()
+    }
+
+    /// Up to `n` queued runs due at or before `now_ms`, earliest first.
+    pub fn due_before(&self, now_ms: i64, n: usize) -> Vec<(RunId, Arc<str>)> {
+        self.due
+            .iter()
+            .take_while(|(due, _, _)| *due <= now_ms)
+            .filter_map(|(_, _, id)| self.entries.get(id).map(|m| (id.clone(), m.action.clone())))
+            .take(n)
+            .collect()
+    }
+
+    /// The earliest due time of a queued run.
+    pub fn next_due_ms(&self) -> Option<i64> {
+        self.due.iter().next().map(|(d, _, _)| *d)
+    }
+
+    pub fn oldest(&self, b: Bucket, n: usize) -> impl Iterator<Item = &(i64, RunId)> {
+        self.buckets[b.idx()].iter().take(n)
+    }
+
+    pub fn get(&self, id: &RunId) -> Option<&Meta> {
+        self.entries.get(id)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Watch {
+    Runs,
+    State(HostId, Dir),
+}
+
+#[derive(Debug)]
+pub(crate) struct Index {
+    runs_dir: PathBuf,
+    ino: Option<Inotify>,
+    watches: HashMap<WatchDescriptor, Watch>,
+    pub hosts: HashMap<HostId, HostIndex>,
+    scanned: bool,
+}
+
+const STATE_DIRS: [Dir; 6] = [
+    Dir::Queued,
+    Dir::Held,
+    Dir::Running,
+    Dir::Done,
+    Dir::Dlq,
+    Dir::Corrupt,
+];
+
+impl Index {
+    pub fn new(runs_dir: PathBuf) -> Index {
+        let ino = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::warn!(error = %e, "inotify unavailable; the spool index rescans on every query");
+                None
+            }
+        };
+        Index {
+            runs_dir,
+            ino,
+            watches: HashMap::new(),
+            hosts: HashMap::new(),
+            scanned: false,
+        }
+    }
+
+    pub fn upsert(&mut self, host: &HostId, id: RunId, meta: Meta) {
+        self.host_mut(host).insert(id, meta);
+    }
+
+    pub fn remove(&mut self, host: &HostId, id: &RunId) {
+        if let Some(h) = self.hosts.get_mut(host) {
+            h.remove(id);
+        }
+    }
+
+    fn host_mut(&mut self, host: &HostId) -> &mut HostIndex {
+        self.hosts.entry(host.clone()).or_default()
+    }
+
+    /// Which host and directory the index believes a run is in.
+    pub fn locate(&self, id: &RunId) -> Option<(HostId, Dir)> {
+        self.hosts
+            .iter()
+            .find_map(|(h, hi)| hi.get(id).map(|m| (h.clone(), m.dir)))
+    }
+
+    /// Brings the index up to date: a full scan the first time (or after an
+    /// inotify overflow), then the pending events.
+    pub fn sync(&mut self) {
+        if self.ino.is_none() {
+            self.full_scan();
+            return;
+        }
+        if !self.scanned {
+            self.full_scan();
+            return;
+        }
+        self.drain_events();
+    }
+
+    fn full_scan(&mut self) {
+        self.hosts.clear();
+        self.watches.clear();
+        if let Some(ino) = &self.ino {
+            // Re-create the instance so old watch descriptors go away.
+            let _ = ino;
+            self.ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok();
+            if let Some(ino) = &self.ino {
+                let flags = AddWatchFlags::IN_CREATE
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_ONLYDIR;
+                if let Ok(wd) = ino.add_watch(&self.runs_dir, flags) {
+                    self.watches.insert(wd, Watch::Runs);
+                }
+            }
+        }
+        let hosts: Vec<HostId> = match std::fs::read_dir(&self.runs_dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(|s| HostId::parse(s).ok()))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for h in hosts {
+            self.scan_host(&h);
+        }
+        self.scanned = true;
+    }
+
+    /// Watches and scans one host's state directories.
+    pub fn scan_host(&mut self, host: &HostId) {
+        let base = self.runs_dir.join(host.as_str());
+        if let Some(ino) = &self.ino {
+            for d in STATE_DIRS {
+                let flags = AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_MOVED_FROM
+                    | AddWatchFlags::IN_CREATE
+                    | AddWatchFlags::IN_DELETE
+                    | AddWatchFlags::IN_ONLYDIR;
+                if let Ok(wd) = ino.add_watch(&base.join(d.name()), flags) {
+                    self.watches.insert(wd, Watch::State(host.clone(), d));
+                }
+            }
+        }
+        let mut hi = HostIndex::default();
+        for d in STATE_DIRS {
+            let Ok(rd) = std::fs::read_dir(base.join(d.name())) else {
+                continue;
+            };
+            for e in rd.filter_map(|e| e.ok()) {
+                let Some(id) = e.file_name().to_str().and_then(|s| RunId::parse(s).ok()) else {
+                    continue;
+                };
+                let meta = read_meta(&e.path(), d);
+                hi.insert(id, meta);
+            }
+        }
+        self.hosts.insert(host.clone(), hi);
+    }
+
+    fn drain_events(&mut self) {
+        loop {
+            let Some(ino) = &self.ino else { return };
+            let events = match ino.read_events() {
+                Ok(ev) => ev,
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "inotify read failed; rescanning the spool");
+                    self.full_scan();
+                    return;
+                }
+            };
+            for ev in events {
+                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    self.full_scan();
+                    return;
+                }
+                let Some(watch) = self.watches.get(&ev.wd).cloned() else {
+                    continue;
+                };
+                let Some(name) = ev.name else { continue };
+                match watch {
+                    Watch::Runs => {
+                        if let Ok(h) = HostId::parse(&String::from_utf8_lossy(name.as_bytes()))
+                            && !self.hosts.contains_key(&h)
+                        {
+                            self.scan_host(&h);
+                        }
+                    }
+                    Watch::State(host, dir) => {
+                        let Ok(id) = RunId::parse(&String::from_utf8_lossy(name.as_bytes())) else {
+                            continue;
+                        };
+                        let path = self
+                            .runs_dir
+                            .join(host.as_str())
+                            .join(dir.name())
+                            .join(id.as_str());
+                        let exists = path.exists();
+                        let hi = self.host_mut(&host);
+                        let known_here = hi.get(&id).is_some_and(|m| m.dir == dir);
+                        if ev
+                            .mask
+                            .intersects(AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE)
+                        {
+                            if exists && !known_here {
+                                let meta = read_meta(&path, dir);
+                                hi.insert(id, meta);
+                            }
+                        } else if known_here && !exists {
+                            hi.remove(&id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn read_meta(path: &Path, dir: Dir) -> Meta {
+    match std::fs::read(path)
+        .ok()
+        .and_then(|b| codec::decode(&b).ok())
+    {
+        Some(d) => Meta::of(&d.record, dir),
+        None => Meta::unreadable(dir),
+    }
+}

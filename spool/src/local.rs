@@ -1,0 +1,1498 @@
+//! The local directory spool: DESIGN.md rules 1-8, one function per move.
+//!
+//! Every move follows the same commit protocol: lock the record file
+//! (`flock(LOCK_EX|LOCK_NB)`), check that its path still names the locked
+//! inode, read and validate the log, check the move against the state
+//! machine, append the event and fdatasync it (**the commit point**), then
+//! rename the file into the directory of its new state and fsync that
+//! directory. A crash before the append leaves the old state; a crash after
+//! it leaves a file whose directory disagrees with its log, which recovery
+//! moves where the log says. The only exception is enqueue, whose commit point
+//! is the directory fsync after publishing (rule 1).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::Serialize;
+
+use crate::codec::{self, Decoded};
+use crate::error::{Result, SpoolError};
+use crate::groupsync::GroupSync;
+use crate::id::{HostId, RunId};
+use crate::index::{Bucket, Index, Meta};
+use crate::io::{DurableIo, RealIo};
+use crate::record::{
+    AttemptResult, Event, EventKind, NewRun, Next, RunRecord, RunState, Timestamp,
+};
+use crate::state::{self, Move};
+use crate::{Clock, SystemClock};
+
+/// The directories of one host's runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dir {
+    Tmp,
+    Queued,
+    Held,
+    Running,
+    Done,
+    Dlq,
+    Corrupt,
+}
+
+impl Dir {
+    pub const ALL: [Dir; 7] = [
+        Dir::Tmp,
+        Dir::Queued,
+        Dir::Held,
+        Dir::Running,
+        Dir::Done,
+        Dir::Dlq,
+        Dir::Corrupt,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dir::Tmp => "tmp",
+            Dir::Queued => "queued",
+            Dir::Held => "held",
+            Dir::Running => "running",
+            Dir::Done => "done",
+            Dir::Dlq => "dlq",
+            Dir::Corrupt => "corrupt",
+        }
+    }
+
+    /// The directory a run in `state` belongs in.
+    pub fn for_state(state: RunState) -> Dir {
+        match state {
+            RunState::Queued => Dir::Queued,
+            RunState::Held => Dir::Held,
+            RunState::Running => Dir::Running,
+            RunState::Dlq => Dir::Dlq,
+            _ => Dir::Done,
+        }
+    }
+}
+
+/// How long `done/` and `dlq/` keep runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub done_max_age: Duration,
+    pub done_max_count: usize,
+    pub dlq_max_age: Duration,
+    pub dlq_max_count: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            done_max_age: Duration::from_secs(7 * 86_400),
+            done_max_count: 10_000,
+            dlq_max_age: Duration::from_secs(30 * 86_400),
+            dlq_max_count: 10_000,
+        }
+    }
+}
+
+/// What one recovery pass did.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryReport {
+    /// Claimed but never started: back to queued.
+    pub orphans_requeued: Vec<String>,
+    /// Interrupted attempts of idempotent actions, scheduled again.
+    pub interrupted_retried: Vec<String>,
+    /// Interrupted attempts dead-lettered (`interrupted`, or no attempts left).
+    pub interrupted_dead_lettered: Vec<String>,
+    /// Files moved to the directory their log names.
+    pub relocated: Vec<String>,
+    /// Replays whose child existed and whose source is now marked.
+    pub replays_finished: Vec<String>,
+    /// Files moved to corrupt/, with the reason.
+    pub quarantined: Vec<(String, String)>,
+    /// Leftovers removed from tmp/.
+    pub tmp_removed: usize,
+    /// Files skipped because a live process holds their lock.
+    pub busy: usize,
+}
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneReport {
+    pub done_removed: usize,
+    pub dlq_removed: usize,
+}
+
+/// The result of an enqueue: the run, and whether this call created it
+/// (false when an idempotency key named an existing run).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Enqueued {
+    pub record: RunRecord,
+    pub created: bool,
+}
+
+/// A record file this process has locked, with its decoded log.
+#[derive(Debug)]
+struct Locked {
+    file: Flock<File>,
+    host: HostId,
+    id: RunId,
+    dir: Dir,
+    record: RunRecord,
+    next_seq: u64,
+    valid_len: u64,
+    torn_tail: bool,
+    events: Vec<Event>,
+}
+
+/// Options for [`LocalSpool::open_with`].
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    pub io: Arc<dyn DurableIo>,
+    pub clock: Arc<dyn Clock>,
+    /// Written into attempt records ("who ran it").
+    pub worker: String,
+}
+
+impl Default for SpoolOptions {
+    fn default() -> Self {
+        SpoolOptions {
+            io: Arc::new(RealIo),
+            clock: Arc::new(SystemClock),
+            worker: format!("pid-{}", std::process::id()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    runs: PathBuf,
+    io: Arc<dyn DurableIo>,
+    clock: Arc<dyn Clock>,
+    worker: String,
+    /// Runs this process has claimed: their locks live as long as the claim.
+    claims: Mutex<HashMap<RunId, Locked>>,
+    syncs: Mutex<HashMap<PathBuf, Arc<GroupSync>>>,
+    index: Mutex<Index>,
+    known_hosts: Mutex<std::collections::HashSet<HostId>>,
+}
+
+/// A spool directory. Cheap to clone; clones share one index and one set of
+/// claims.
+#[derive(Debug, Clone)]
+pub struct LocalSpool {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind (a
+    // map or an index that is only a hint), so the poison flag carries no
+    // meaning here.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn ensure_dir(path: &Path) -> Result<bool> {
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| SpoolError::io("chmod", path, e))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(SpoolError::io("mkdir", path, e)),
+    }
+}
+
+/// Rule 8: whoever can write the spool can make the executor run commands.
+fn check_dir_safe(path: &Path) -> Result<()> {
+    let md = std::fs::symlink_metadata(path).map_err(|e| SpoolError::io("stat", path, e))?;
+    let mode = md.mode() & 0o7777;
+    if !md.is_dir() {
+        return Err(SpoolError::UnsafeDir {
+            path: path.into(),
+            mode,
+            reason: "is not a directory (symlinks are refused)",
+        });
+    }
+    if md.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(SpoolError::UnsafeDir {
+            path: path.into(),
+            mode,
+            reason: "is owned by another user than the one running the spool",
+        });
+    }
+    if mode & 0o022 != 0 {
+        return Err(SpoolError::UnsafeDir {
+            path: path.into(),
+            mode,
+            reason: "is writable by group or others; run `chmod 700` on it",
+        });
+    }
+    Ok(())
+}
+
+impl LocalSpool {
+    /// Opens (creating if needed) the spool at `root` with real I/O.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        Self::open_with(root, SpoolOptions::default())
+    }
+
+    /// Opens the spool with the given I/O layer and clock. Refuses a spool
+    /// whose directories others can write.
+    pub fn open_with(root: impl Into<PathBuf>, opts: SpoolOptions) -> Result<Self> {
+        let root: PathBuf = root.into();
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| SpoolError::io("mkdir", parent, e))?;
+        }
+        ensure_dir(&root)?;
+        let runs = root.join("runs");
+        for d in [root.join("hosts"), runs.clone(), root.join("audit")] {
+            ensure_dir(&d)?;
+        }
+        check_dir_safe(&root)?;
+        for d in ["hosts", "runs", "audit"] {
+            check_dir_safe(&root.join(d))?;
+        }
+        let mut known = std::collections::HashSet::new();
+        if let Ok(rd) = std::fs::read_dir(&runs) {
+            for e in rd.filter_map(|e| e.ok()) {
+                let path = e.path();
+                check_dir_safe(&path)?;
+                for d in Dir::ALL {
+                    let p = path.join(d.name());
+                    if p.exists() {
+                        check_dir_safe(&p)?;
+                    }
+                }
+                if let Some(h) = e.file_name().to_str().and_then(|s| HostId::parse(s).ok()) {
+                    known.insert(h);
+                }
+            }
+        }
+        let spool = LocalSpool {
+            inner: Arc::new(Inner {
+                index: Mutex::new(Index::new(runs.clone())),
+                root,
+                runs,
+                io: opts.io,
+                clock: opts.clock,
+                worker: opts.worker,
+                claims: Mutex::new(HashMap::new()),
+                syncs: Mutex::new(HashMap::new()),
+                known_hosts: Mutex::new(known),
+            }),
+        };
+        let hosts: Vec<HostId> = lock(&spool.inner.known_hosts).iter().cloned().collect();
+        for h in hosts {
+            spool.ensure_host(&h)?;
+        }
+        Ok(spool)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    fn dir_path(&self, host: &HostId, dir: Dir) -> PathBuf {
+        self.inner.runs.join(host.as_str()).join(dir.name())
+    }
+
+    fn file_path(&self, host: &HostId, dir: Dir, id: &RunId) -> PathBuf {
+        self.dir_path(host, dir).join(id.as_str())
+    }
+
+    /// Creates a host's directories (0700) and makes them durable.
+    pub fn ensure_host(&self, host: &HostId) -> Result<()> {
+        if lock(&self.inner.known_hosts).contains(host)
+            && self.dir_path(host, Dir::Corrupt).is_dir()
+        {
+            return Ok(());
+        }
+        let base = self.inner.runs.join(host.as_str());
+        let created = ensure_dir(&base)?;
+        let mut any = false;
+        for d in Dir::ALL {
+            any |= ensure_dir(&base.join(d.name()))?;
+        }
+        if any {
+            self.inner
+                .io
+                .sync_dir(&base)
+                .map_err(|e| SpoolError::io("fsync", &base, e))?;
+        }
+        if created {
+            self.inner
+                .io
+                .sync_dir(&self.inner.runs)
+                .map_err(|e| SpoolError::io("fsync", &self.inner.runs, e))?;
+        }
+        lock(&self.inner.known_hosts).insert(host.clone());
+        Ok(())
+    }
+
+    /// The hosts that have a run directory.
+    pub fn hosts(&self) -> Result<Vec<HostId>> {
+        let rd = std::fs::read_dir(&self.inner.runs)
+            .map_err(|e| SpoolError::io("readdir", &self.inner.runs, e))?;
+        let mut v: Vec<HostId> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|s| HostId::parse(s).ok()))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// fsyncs `dir`, sharing the fsync with concurrent callers (group commit).
+    fn sync_dir(&self, dir: &Path) -> Result<()> {
+        let gs = lock(&self.inner.syncs)
+            .entry(dir.to_path_buf())
+            .or_default()
+            .clone();
+        gs.sync(&*self.inner.io, dir)
+            .map_err(|e| SpoolError::io("fsync", dir, e))
+    }
+
+    // ----- reading and locking -----
+
+    /// Opens, locks and validates the record at `host/dir/id`.
+    /// `Ok(None)`: the file is not there (any more).
+    fn lock_at(&self, host: &HostId, dir: Dir, id: &RunId) -> Result<Option<Locked>> {
+        let path = self.file_path(host, dir, id);
+        let file = match OpenOptions::new().read(true).append(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(SpoolError::io("open", &path, e)),
+        };
+        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(SpoolError::Busy {
+                    run_id: id.to_string(),
+                });
+            }
+            Err((_, e)) => return Err(SpoolError::io("flock", &path, e.into())),
+        };
+        // The lock is on the inode we opened; make sure the path still names
+        // it (someone may have moved it between our open and our lock).
+        let ours = file
+            .metadata()
+            .map_err(|e| SpoolError::io("fstat", &path, e))?;
+        match std::fs::metadata(&path) {
+            Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(SpoolError::io("stat", &path, e)),
+        }
+        let mut bytes = Vec::with_capacity(ours.len() as usize);
+        (*file)
+            .read_to_end(&mut bytes)
+            .map_err(|e| SpoolError::io("read", &path, e))?;
+        let d = codec::decode(&bytes).map_err(|reason| SpoolError::Corrupt {
+            path: path.clone(),
+            reason,
+        })?;
+        if d.record.run_id != *id || d.record.host_id != *host {
+            return Err(SpoolError::Corrupt {
+                path,
+                reason: format!(
+                    "foreign record: it says run {} of host {}",
+                    d.record.run_id, d.record.host_id
+                ),
+            });
+        }
+        let Decoded {
+            record,
+            events,
+            valid_len,
+            torn_tail,
+        } = d;
+        Ok(Some(Locked {
+            file,
+            host: host.clone(),
+            id: id.clone(),
+            dir,
+            next_seq: events.len() as u64,
+            record,
+            valid_len,
+            torn_tail,
+            events,
+        }))
+    }
+
+    /// Finds which host and directory hold `id`.
+    fn locate(&self, id: &RunId) -> Result<Option<(HostId, Dir)>> {
+        let hint = {
+            let mut idx = lock(&self.inner.index);
+            idx.sync();
+            idx.locate(id)
+        };
+        if let Some((h, d)) = hint
+            && self.file_path(&h, d, id).exists()
+        {
+            return Ok(Some((h, d)));
+        }
+        for h in self.hosts()? {
+            for d in [
+                Dir::Queued,
+                Dir::Held,
+                Dir::Running,
+                Dir::Done,
+                Dir::Dlq,
+                Dir::Corrupt,
+            ] {
+                if self.file_path(&h, d, id).exists() {
+                    return Ok(Some((h, d)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn locate_in_host(&self, host: &HostId, id: &RunId) -> Option<Dir> {
+        [
+            Dir::Queued,
+            Dir::Held,
+            Dir::Running,
+            Dir::Done,
+            Dir::Dlq,
+            Dir::Corrupt,
+        ]
+        .into_iter()
+        .find(|d| self.file_path(host, *d, id).exists())
+    }
+
+    /// Locks a run for a move: this process's claim if it holds one, else a
+    /// fresh lock wherever the run is.
+    fn acquire(&self, id: &RunId) -> Result<(Locked, bool)> {
+        if let Some(l) = lock(&self.inner.claims).remove(id) {
+            return Ok((l, true));
+        }
+        for _ in 0..3 {
+            let Some((host, dir)) = self.locate(id)? else {
+                break;
+            };
+            if dir == Dir::Corrupt {
+                return Err(SpoolError::Corrupt {
+                    path: self.file_path(&host, dir, id),
+                    reason: "the record is in corrupt/".into(),
+                });
+            }
+            match self.lock_at(&host, dir, id) {
+                Ok(Some(l)) => return Ok((l, false)),
+                // Moved between locate and lock: look again.
+                Ok(None) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(SpoolError::NotFound {
+            run_id: id.to_string(),
+        })
+    }
+
+    /// Reads a run without locking it (a view for operators).
+    pub fn get_blocking(&self, id: &RunId) -> Result<Option<RunRecord>> {
+        for _ in 0..3 {
+            let Some((host, dir)) = self.locate(id)? else {
+                return Ok(None);
+            };
+            if dir == Dir::Corrupt {
+                return Err(SpoolError::Corrupt {
+                    path: self.file_path(&host, dir, id),
+                    reason: "the record is in corrupt/".into(),
+                });
+            }
+            match std::fs::read(self.file_path(&host, dir, id)) {
+                Ok(bytes) => {
+                    return codec::decode(&bytes)
+                        .map(|d| Some(d.record))
+                        .map_err(|reason| SpoolError::Corrupt {
+                            path: self.file_path(&host, dir, id),
+                            reason,
+                        });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(SpoolError::io("read", self.file_path(&host, dir, id), e)),
+            }
+        }
+        Ok(None)
+    }
+
+    // ----- writing -----
+
+    /// Appends one event under the lock: the commit point of every move.
+    /// Cuts a torn tail first so the new line starts on a line boundary.
+    fn commit(&self, l: &mut Locked, kind: EventKind) -> Result<()> {
+        let ev = Event {
+            seq: l.next_seq,
+            at: self.now(),
+            kind,
+        };
+        let mut next = l.record.clone();
+        state::apply(&mut next, &ev)?;
+        let path = self.file_path(&l.host, l.dir, &l.id);
+        if l.torn_tail {
+            self.inner
+                .io
+                .truncate(&l.file, l.valid_len)
+                .map_err(|e| SpoolError::io("truncate", &path, e))?;
+            l.torn_tail = false;
+        }
+        let line = codec::encode(&ev);
+        self.inner
+            .io
+            .append(&l.file, &line)
+            .map_err(|e| SpoolError::io("append", &path, e))?;
+        l.valid_len += line.len() as u64;
+        l.next_seq += 1;
+        l.record = next;
+        l.events.push(ev);
+        Ok(())
+    }
+
+    /// Renames a locked file into `to` and fsyncs `to`. The lock moves with
+    /// the inode.
+    fn relocate(&self, l: &mut Locked, to: Dir, sync: bool) -> Result<()> {
+        if l.dir == to {
+            return Ok(());
+        }
+        let from_path = self.file_path(&l.host, l.dir, &l.id);
+        let to_path = self.file_path(&l.host, to, &l.id);
+        self.inner
+            .io
+            .rename_noreplace(&from_path, &to_path)
+            .map_err(|e| SpoolError::io("rename", &to_path, e))?;
+        l.dir = to;
+        self.index_update(l);
+        if sync {
+            self.sync_dir(&self.dir_path(&l.host, to))?;
+        }
+        Ok(())
+    }
+
+    fn index_update(&self, l: &Locked) {
+        lock(&self.inner.index).upsert(&l.host, l.id.clone(), Meta::of(&l.record, l.dir));
+    }
+
+    /// Runs one move: lock, check, commit, relocate, release. A claim of
+    /// this process survives an illegal move, and is released by any other
+    /// error (recovery then finds the file unlocked and settles it).
+    fn do_move(
+        &self,
+        id: &RunId,
+        mv: Move,
+        make: impl FnOnce(&RunRecord) -> Result<EventKind>,
+        keep_claim: bool,
+    ) -> Result<RunRecord> {
+        let (mut l, was_claimed) = self.acquire(id)?;
+        let kind = match state::check(&l.record, mv).and_then(|_| make(&l.record)) {
+            Ok(k) => k,
+            Err(e) => {
+                if was_claimed {
+                    lock(&self.inner.claims).insert(id.clone(), l);
+                }
+                return Err(e);
+            }
+        };
+        self.commit(&mut l, kind)?;
+        let target = Dir::for_state(l.record.state);
+        self.relocate(&mut l, target, true)?;
+        self.index_update(&l);
+        let rec = l.record.clone();
+        if keep_claim {
+            lock(&self.inner.claims).insert(id.clone(), l);
+        }
+        Ok(rec)
+    }
+
+    /// Enqueues a run.
+    ///
+    /// Steps: (1) create `tmp/<id>.<nonce>` with O_EXCL, write the
+    /// `enqueued` event, fsync it; (2) rename it (no-replace) into `queued/`
+    /// or `held/`; (3) fsync that directory (shared with concurrent enqueues).
+    /// Only then is the run acknowledged. A crash before (2) leaves a tmp
+    /// leftover that recovery removes after 24 h; a crash between (2) and
+    /// (3) may or may not keep the run, and the caller was not told either
+    /// way. If (3) fails, the run is taken back out of its directory when
+    /// nobody has claimed it yet, so a failed request leaves nothing behind.
+    ///
+    /// With an idempotency key, the run id is derived from (host, key) and a
+    /// per-host key lock makes check-and-publish atomic across processes:
+    /// the same key twice returns the first run (`created: false`).
+    pub fn enqueue_blocking(&self, new: NewRun) -> Result<Enqueued> {
+        let host = new.host_id.clone();
+        self.ensure_host(&host)?;
+        let now = self.now();
+        let keyed = new.idempotency_key.clone();
+        let id = match &keyed {
+            Some(k) => RunId::for_key(&host, k),
+            None => RunId::generate(),
+        };
+        let _key_lock = match &keyed {
+            Some(_) => Some(self.key_lock(&host)?),
+            None => None,
+        };
+        if keyed.is_some()
+            && let Some(dir) = self.locate_in_host(&host, &id)
+        {
+            return self.existing_for_key(&host, dir, &id);
+        }
+        let record = RunRecord::new(id.clone(), new, now, None);
+        self.publish(record).map(|record| Enqueued {
+            record,
+            created: true,
+        })
+    }
+
+    fn existing_for_key(&self, host: &HostId, dir: Dir, id: &RunId) -> Result<Enqueued> {
+        // Make sure what we hand back is durable: the first caller may still
+        // be waiting on its directory fsync.
+        self.sync_dir(&self.dir_path(host, dir))?;
+        let path = self.file_path(host, dir, id);
+        let bytes = std::fs::read(&path).map_err(|e| SpoolError::io("read", &path, e))?;
+        let d = codec::decode(&bytes).map_err(|reason| SpoolError::Corrupt { path, reason })?;
+        Ok(Enqueued {
+            record: d.record,
+            created: false,
+        })
+    }
+
+    fn key_lock(&self, host: &HostId) -> Result<Flock<File>> {
+        let path = self.inner.runs.join(host.as_str()).join("keys.lock");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| SpoolError::io("open", &path, e))?;
+        Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| SpoolError::io("flock", &path, e.into()))
+    }
+
+    /// Writes a new record into tmp/ and publishes it (see enqueue).
+    fn publish(&self, record: RunRecord) -> Result<RunRecord> {
+        let host = record.host_id.clone();
+        let id = record.run_id.clone();
+        let target = Dir::for_state(record.state);
+        let ev = Event {
+            seq: 0,
+            at: record.requested_at,
+            kind: EventKind::Enqueued {
+                record: Box::new(record.clone()),
+            },
+        };
+        let nonce: u64 = rand::random();
+        let tmp = self
+            .dir_path(&host, Dir::Tmp)
+            .join(format!("{}.{nonce:016x}", id.as_str()));
+        let file = self
+            .inner
+            .io
+            .create_new(&tmp, &codec::encode(&ev))
+            .map_err(|e| SpoolError::io("create", &tmp, e))?;
+        let dest = self.file_path(&host, target, &id);
+        if let Err(e) = self.inner.io.rename_noreplace(&tmp, &dest) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(SpoolError::io("rename", &dest, e));
+        }
+        if let Err(e) = self.sync_dir(&self.dir_path(&host, target)) {
+            self.unpublish(file, &host, target, &id, &tmp);
+            return Err(e);
+        }
+        lock(&self.inner.index).upsert(&host, id, Meta::of(&record, target));
+        Ok(record)
+    }
+
+    /// After a failed directory fsync: take a just-published run back into
+    /// tmp/ unless someone already claimed it (then it runs, and the failed
+    /// request is reported as failed, as with any lost answer).
+    fn unpublish(&self, file: File, host: &HostId, dir: Dir, id: &RunId, tmp: &Path) {
+        if let Ok(locked) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            let dest = self.file_path(host, dir, id);
+            let same = match (locked.metadata(), std::fs::metadata(&dest)) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            };
+            if same {
+                let _ = self.inner.io.rename_noreplace(&dest, tmp);
+            }
+        }
+    }
+
+    /// Claims the earliest due run of `host` whose action `skip` does not
+    /// exclude: a locked rename from `queued/` to `running/` (rule 3).
+    ///
+    /// Steps: open `queued/<id>`, `flock(LOCK_EX|LOCK_NB)`, check the path
+    /// still names the locked inode, validate the log (a corrupt file goes to
+    /// `corrupt/`), check it is queued and due, rename it into `running/`.
+    /// Nothing is appended and nothing fsynced: the claim is the lock. If the
+    /// process dies, the kernel drops the lock and recovery finds an unlocked
+    /// file in `running/` whose log says queued, and moves it back. The run
+    /// stays claimed (locked) by this process until a move releases it.
+    pub fn claim_next_blocking(
+        &self,
+        host: &HostId,
+        skip: &dyn Fn(&str) -> bool,
+    ) -> Result<Option<RunRecord>> {
+        let now_ms = self.now().timestamp_millis();
+        let mut tried = std::collections::HashSet::new();
+        loop {
+            let candidates = {
+                let mut idx = lock(&self.inner.index);
+                idx.sync();
+                match idx.hosts.get(host) {
+                    Some(hi) => hi.due_before(now_ms, tried.len() + 16),
+                    None => return Ok(None),
+                }
+            };
+            let fresh: Vec<_> = candidates
+                .into_iter()
+                .filter(|(id, _)| !tried.contains(id))
+                .collect();
+            if fresh.is_empty() {
+                return Ok(None);
+            }
+            for (id, action) in fresh {
+                tried.insert(id.clone());
+                if !action.is_empty() && skip(&action) {
+                    continue;
+                }
+                let mut l = match self.lock_at(host, Dir::Queued, &id) {
+                    Ok(Some(l)) => l,
+                    Ok(None) => {
+                        lock(&self.inner.index).remove(host, &id);
+                        continue;
+                    }
+                    Err(SpoolError::Busy { .. }) => continue,
+                    Err(SpoolError::Corrupt { path, reason }) => {
+                        self.quarantine(host, Dir::Queued, &id, &reason)?;
+                        tracing::error!(path = %path.display(), %reason, "corrupt run record quarantined");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if l.record.state != RunState::Queued {
+                    // The log disagrees with the directory: settle it now.
+                    let to = Dir::for_state(l.record.state);
+                    self.relocate(&mut l, to, true)?;
+                    continue;
+                }
+                if l.record.due_at().timestamp_millis() > now_ms {
+                    self.index_update(&l);
+                    continue;
+                }
+                if skip(&l.record.action_key) {
+                    continue;
+                }
+                if l.torn_tail {
+                    let path = self.file_path(host, l.dir, &id);
+                    self.inner
+                        .io
+                        .truncate(&l.file, l.valid_len)
+                        .map_err(|e| SpoolError::io("truncate", &path, e))?;
+                    l.torn_tail = false;
+                }
+                match self.relocate(&mut l, Dir::Running, false) {
+                    Ok(()) => {}
+                    Err(SpoolError::Io { source, .. })
+                        if source.raw_os_error() == Some(nix::libc::EEXIST) =>
+                    {
+                        // A twin in running/: recovery sorts it out.
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                let rec = l.record.clone();
+                lock(&self.inner.claims).insert(id, l);
+                return Ok(Some(rec));
+            }
+        }
+    }
+
+    /// Moves an unreadable file to `corrupt/`, never deleting it (rule 2).
+    fn quarantine(&self, host: &HostId, dir: Dir, name: &RunId, reason: &str) -> Result<()> {
+        let from = self.file_path(host, dir, name);
+        let mut to = self.file_path(host, Dir::Corrupt, name);
+        let mut n = 0;
+        while to.exists() {
+            n += 1;
+            to = self
+                .dir_path(host, Dir::Corrupt)
+                .join(format!("{}.{n}", name.as_str()));
+        }
+        match self.inner.io.rename_noreplace(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(SpoolError::io("rename", &to, e)),
+        }
+        tracing::error!(run_id = %name, host_id = %host, %reason, "run record moved to corrupt/");
+        lock(&self.inner.index).remove(host, name);
+        self.sync_dir(&self.dir_path(host, Dir::Corrupt))
+    }
+
+    /// Rule 5: records "attempt started" durably. Only after this returns
+    /// may a command of the run execute. The run must be claimed by this
+    /// process and stays claimed.
+    pub fn start_attempt_blocking(&self, id: &RunId) -> Result<RunRecord> {
+        self.require_claim(id)?;
+        let worker = self.inner.worker.clone();
+        self.do_move(
+            id,
+            Move::StartAttempt,
+            |r| {
+                Ok(EventKind::AttemptStarted {
+                    attempt: r.attempts + 1,
+                    worker,
+                })
+            },
+            true,
+        )
+    }
+
+    fn require_claim(&self, id: &RunId) -> Result<()> {
+        if lock(&self.inner.claims).contains_key(id) {
+            Ok(())
+        } else {
+            Err(SpoolError::NotClaimed {
+                run_id: id.to_string(),
+            })
+        }
+    }
+
+    /// Ends the open attempt of a claimed run: commits `attempt-finished`
+    /// with the outcome, moves the file (`done/`, `queued/` or `dlq/`),
+    /// fsyncs the destination and releases the claim.
+    fn finish(&self, id: &RunId, mv: Move, result: AttemptResult, next: Next) -> Result<RunRecord> {
+        self.require_claim(id)?;
+        self.do_move(
+            id,
+            mv,
+            |r| {
+                Ok(EventKind::AttemptFinished {
+                    attempt: r.attempts,
+                    result,
+                    next,
+                })
+            },
+            false,
+        )
+    }
+
+    /// running -> done(succeeded).
+    pub fn complete_blocking(&self, id: &RunId, result: AttemptResult) -> Result<RunRecord> {
+        self.finish(id, Move::Complete, result, Next::Succeeded)
+    }
+
+    /// running -> queued, due at `at`. Illegal when no attempts are left.
+    pub fn retry_at_blocking(
+        &self,
+        id: &RunId,
+        at: Timestamp,
+        result: AttemptResult,
+    ) -> Result<RunRecord> {
+        self.finish(id, Move::RetryAt, result, Next::RetryAt { at })
+    }
+
+    /// running -> dlq after an attempt, or claimed queued -> dlq without one
+    /// (`result` is then only used for its error text).
+    pub fn dead_letter_blocking(
+        &self,
+        id: &RunId,
+        reason: &str,
+        result: Option<AttemptResult>,
+    ) -> Result<RunRecord> {
+        let reason = reason.to_string();
+        self.do_move(
+            id,
+            Move::DeadLetter,
+            move |r| {
+                Ok(if r.state == RunState::Running {
+                    EventKind::AttemptFinished {
+                        attempt: r.attempts,
+                        result: result.unwrap_or_default(),
+                        next: Next::DeadLetter { reason },
+                    }
+                } else {
+                    EventKind::DeadLettered {
+                        reason,
+                        error: result.and_then(|r| r.error),
+                    }
+                })
+            },
+            false,
+        )
+    }
+
+    /// queued (claimed or not) -> held: approval is (again) required.
+    pub fn hold_blocking(&self, id: &RunId, reason: &str) -> Result<RunRecord> {
+        let reason = reason.to_string();
+        self.do_move(id, Move::Hold, |_| Ok(EventKind::Held { reason }), false)
+    }
+
+    /// held -> queued.
+    pub fn approve_blocking(
+        &self,
+        id: &RunId,
+        by: &str,
+        reason: Option<String>,
+    ) -> Result<RunRecord> {
+        let by = by.to_string();
+        self.do_move(
+            id,
+            Move::Approve,
+            |_| Ok(EventKind::Approved { by, reason }),
+            false,
+        )
+    }
+
+    /// held -> done(rejected).
+    pub fn reject_blocking(
+        &self,
+        id: &RunId,
+        by: &str,
+        reason: Option<String>,
+    ) -> Result<RunRecord> {
+        let by = by.to_string();
+        self.do_move(
+            id,
+            Move::Reject,
+            |_| Ok(EventKind::Rejected { by, reason }),
+            false,
+        )
+    }
+
+    /// queued/held -> done(expired).
+    pub fn expire_blocking(&self, id: &RunId) -> Result<RunRecord> {
+        self.do_move(id, Move::Expire, |_| Ok(EventKind::Expired), false)
+    }
+
+    /// queued/held -> done(canceled).
+    pub fn cancel_blocking(&self, id: &RunId, reason: &str) -> Result<RunRecord> {
+        let reason = reason.to_string();
+        self.do_move(
+            id,
+            Move::Cancel,
+            |_| Ok(EventKind::Canceled { reason }),
+            false,
+        )
+    }
+
+    /// Appends a note (no state change). Works on claimed runs too.
+    pub fn append_note_blocking(
+        &self,
+        id: &RunId,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<RunRecord> {
+        let (mut l, was_claimed) = self.acquire(id)?;
+        let res = self.commit(
+            &mut l,
+            EventKind::Note {
+                kind: kind.to_string(),
+                data,
+            },
+        );
+        let rec = l.record.clone();
+        if was_claimed && res.is_ok() {
+            lock(&self.inner.claims).insert(id.clone(), l);
+        }
+        res.map(|_| rec)
+    }
+
+    /// Replays a terminal run as a new run with a fresh attempt budget and
+    /// fresh approval, canary and rollback state, linked by `replayOfRunId`.
+    ///
+    /// Steps, all under the source's lock: (1) commit `replay-requested`
+    /// naming the child id on the source; (2) create and publish the child
+    /// (as enqueue: tmp, fsync, rename, fsync); (3) commit `replayed` on the
+    /// source and, for a DLQ source, move it to `done/` (state `replayed`).
+    /// A crash after (2) leaves a child and a source still in `dlq/`:
+    /// recovery sees the intent, finds the child and finishes (3), so the
+    /// source is never replayed twice. A crash before (2) leaves an intent
+    /// without a child, which is ignored.
+    pub fn replay_blocking(&self, id: &RunId, by: &str) -> Result<RunRecord> {
+        let (mut l, was_claimed) = self.acquire(id)?;
+        if let Err(e) = state::check(&l.record, Move::Replay) {
+            if was_claimed {
+                lock(&self.inner.claims).insert(id.clone(), l);
+            }
+            return Err(e);
+        }
+        let child_id = RunId::generate();
+        self.commit(
+            &mut l,
+            EventKind::ReplayRequested {
+                child: child_id.clone(),
+                by: by.to_string(),
+            },
+        )?;
+        let now = self.now();
+        let child = fresh_child(&l.record, child_id.clone(), by, now);
+        let child = self.publish(child)?;
+        self.commit(&mut l, EventKind::Replayed { child: child_id })?;
+        let to = Dir::for_state(l.record.state);
+        self.relocate(&mut l, to, true)?;
+        self.index_update(&l);
+        Ok(child)
+    }
+
+    // ----- listing -----
+
+    /// Counts by bucket, for one host or all.
+    pub fn counts_blocking(&self, host: Option<&HostId>) -> Result<Counts> {
+        let mut idx = lock(&self.inner.index);
+        idx.sync();
+        let mut c = Counts::default();
+        for (h, hi) in &idx.hosts {
+            if host.is_some_and(|x| x != h) {
+                continue;
+            }
+            for b in Bucket::ALL {
+                c.add(b, hi.count(b));
+            }
+        }
+        Ok(c)
+    }
+
+    /// The oldest runs (by request time) in the given buckets, for one host
+    /// or all, at most `limit`.
+    pub fn list_blocking(&self, q: &ListQuery) -> Result<Vec<RunRecord>> {
+        let picks: Vec<(i64, HostId, RunId, Dir)> = {
+            let mut idx = lock(&self.inner.index);
+            idx.sync();
+            let mut all = Vec::new();
+            for (h, hi) in &idx.hosts {
+                if q.host.as_ref().is_some_and(|x| x != h) {
+                    continue;
+                }
+                for b in &q.buckets {
+                    for (req, id) in hi.oldest(*b, q.limit) {
+                        if let Some(m) = hi.get(id) {
+                            all.push((*req, h.clone(), id.clone(), m.dir));
+                        }
+                    }
+                }
+            }
+            all.sort_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
+            all.truncate(q.limit);
+            all
+        };
+        let mut out = Vec::with_capacity(picks.len());
+        for (_, h, id, dir) in picks {
+            let path = self.file_path(&h, dir, &id);
+            match std::fs::read(&path)
+                .ok()
+                .and_then(|b| codec::decode(&b).ok())
+            {
+                Some(d) => out.push(d.record),
+                None => {
+                    // Moved since the index saw it: read it where it is now.
+                    if let Ok(Some(r)) = self.get_blocking(&id) {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the earliest queued run of `host` is due (for the executor's
+    /// timer).
+    pub fn next_due_blocking(&self, host: &HostId) -> Option<Timestamp> {
+        let mut idx = lock(&self.inner.index);
+        idx.sync();
+        idx.hosts
+            .get(host)
+            .and_then(|h| h.next_due_ms())
+            .and_then(chrono::DateTime::from_timestamp_millis)
+    }
+
+    /// Runs this process has claimed and not yet released.
+    pub fn claimed(&self) -> Vec<RunId> {
+        lock(&self.inner.claims).keys().cloned().collect()
+    }
+
+    /// Drops this process's claim on a run without a move (its file stays in
+    /// `running/`, unlocked, for recovery). For shutdown paths and tests.
+    pub fn release_claim(&self, id: &RunId) {
+        lock(&self.inner.claims).remove(id);
+    }
+
+    // ----- recovery and retention -----
+
+    /// Recovery (rules 2, 3, 5, 7): idempotent, safe to run at any time and
+    /// after a crash during recovery. Files locked by a live process are
+    /// skipped. For each host:
+    /// - `tmp/` files older than 24 h are removed;
+    /// - unreadable, foreign or hand-edited records go to `corrupt/`;
+    /// - an unlocked run whose attempt started and never finished was
+    ///   interrupted: retried now if its action is idempotent and attempts
+    ///   remain, dead-lettered otherwise (`interrupted`, or
+    ///   `max_attempts_exceeded`);
+    /// - an unlocked file in `running/` whose log says queued is an orphan
+    ///   claim and goes back to `queued/`;
+    /// - a replay intent whose child exists is finished;
+    /// - any other file whose directory disagrees with its log is moved where
+    ///   the log says.
+    pub fn recover_blocking(&self) -> Result<RecoveryReport> {
+        let mut rep = RecoveryReport::default();
+        let now = self.now();
+        for host in self.hosts()? {
+            self.ensure_host(&host)?;
+            self.clean_tmp(&host, &mut rep)?;
+            for dir in [Dir::Running, Dir::Queued, Dir::Held, Dir::Dlq, Dir::Done] {
+                let names = self.names_in(&host, dir)?;
+                for name in names {
+                    self.recover_one(&host, dir, &name, now, &mut rep)?;
+                }
+            }
+        }
+        lock(&self.inner.index).sync();
+        Ok(rep)
+    }
+
+    fn names_in(&self, host: &HostId, dir: Dir) -> Result<Vec<String>> {
+        let p = self.dir_path(host, dir);
+        let rd = match std::fs::read_dir(&p) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(SpoolError::io("readdir", &p, e)),
+        };
+        Ok(rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect())
+    }
+
+    fn clean_tmp(&self, host: &HostId, rep: &mut RecoveryReport) -> Result<()> {
+        let dir = self.dir_path(host, Dir::Tmp);
+        for name in self.names_in(host, Dir::Tmp)? {
+            let p = dir.join(&name);
+            let old = std::fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(86_400));
+            if old {
+                self.inner
+                    .io
+                    .remove(&p)
+                    .map_err(|e| SpoolError::io("unlink", &p, e))?;
+                rep.tmp_removed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn recover_one(
+        &self,
+        host: &HostId,
+        dir: Dir,
+        name: &str,
+        now: Timestamp,
+        rep: &mut RecoveryReport,
+    ) -> Result<()> {
+        let Ok(id) = RunId::parse(name) else {
+            // Not a name the spool writes: a foreign file. Quarantine it
+            // under a safe name.
+            let from = self.dir_path(host, dir).join(name);
+            let safe = format!("foreign-{:08x}", crc32fast::hash(name.as_bytes()));
+            let to = self.dir_path(host, Dir::Corrupt).join(&safe);
+            if !to.exists() {
+                self.inner
+                    .io
+                    .rename_noreplace(&from, &to)
+                    .map_err(|e| SpoolError::io("rename", &to, e))?;
+                self.sync_dir(&self.dir_path(host, Dir::Corrupt))?;
+            }
+            rep.quarantined
+                .push((from.display().to_string(), "foreign file name".into()));
+            return Ok(());
+        };
+        if lock(&self.inner.claims).contains_key(&id) {
+            return Ok(());
+        }
+        let mut l = match self.lock_at(host, dir, &id) {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ok(()),
+            Err(SpoolError::Busy { .. }) => {
+                rep.busy += 1;
+                return Ok(());
+            }
+            Err(SpoolError::Corrupt { path, reason }) => {
+                self.quarantine(host, dir, &id, &reason)?;
+                rep.quarantined.push((path.display().to_string(), reason));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if l.record.state == RunState::Running {
+            let interrupted = AttemptResult {
+                interrupted: true,
+                error: Some("interrupted: the executor stopped during this attempt".into()),
+                ..AttemptResult::default()
+            };
+            let retry = l.record.idempotent && l.record.attempts < l.record.max_attempts;
+            let next = if retry {
+                Next::RetryAt { at: now }
+            } else if l.record.idempotent {
+                Next::DeadLetter {
+                    reason: "max_attempts_exceeded".into(),
+                }
+            } else {
+                Next::DeadLetter {
+                    reason: "interrupted".into(),
+                }
+            };
+            let attempt = l.record.attempts;
+            self.commit(
+                &mut l,
+                EventKind::AttemptFinished {
+                    attempt,
+                    result: interrupted,
+                    next,
+                },
+            )?;
+            if retry {
+                rep.interrupted_retried.push(id.to_string());
+            } else {
+                rep.interrupted_dead_lettered.push(id.to_string());
+            }
+        } else if dir == Dir::Running && l.record.state == RunState::Queued {
+            rep.orphans_requeued.push(id.to_string());
+        } else if Dir::for_state(l.record.state) != dir {
+            rep.relocated.push(id.to_string());
+        }
+        // A replay whose child was published but whose source was not marked.
+        let pending_child = pending_replay(&l.events);
+        if let Some(child) = pending_child
+            && self.locate_in_host(host, &child).is_some()
+            && state::check(&l.record, Move::Replay).is_ok()
+        {
+            self.commit(&mut l, EventKind::Replayed { child })?;
+            rep.replays_finished.push(id.to_string());
+        }
+        if l.torn_tail {
+            let path = self.file_path(host, l.dir, &id);
+            self.inner
+                .io
+                .truncate(&l.file, l.valid_len)
+                .map_err(|e| SpoolError::io("truncate", &path, e))?;
+            l.torn_tail = false;
+        }
+        let target = Dir::for_state(l.record.state);
+        if target != l.dir {
+            match self.relocate(&mut l, target, true) {
+                Ok(()) => {}
+                Err(SpoolError::Io { source, .. })
+                    if source.raw_os_error() == Some(nix::libc::EEXIST) =>
+                {
+                    // The same run under two names: keep the copy whose log
+                    // is longer where it belongs, and set the other aside.
+                    let reason = format!("duplicate of {}/{}", target.name(), id);
+                    drop(l);
+                    self.quarantine(host, dir, &id, &reason)?;
+                    rep.quarantined.push((id.to_string(), reason));
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.index_update(&l);
+        }
+        Ok(())
+    }
+
+    /// Removes old runs from `done/` and `dlq/` by age (finish time, else
+    /// file time) and keeps at most the newest `*_max_count`.
+    pub fn prune_blocking(&self, r: Retention) -> Result<PruneReport> {
+        let mut rep = PruneReport::default();
+        let now = std::time::SystemTime::now();
+        for host in self.hosts()? {
+            for (dir, max_age, max_count) in [
+                (Dir::Done, r.done_max_age, r.done_max_count),
+                (Dir::Dlq, r.dlq_max_age, r.dlq_max_count),
+            ] {
+                let base = self.dir_path(&host, dir);
+                let mut files: Vec<(std::time::SystemTime, String)> = self
+                    .names_in(&host, dir)?
+                    .into_iter()
+                    .filter_map(|n| {
+                        let t = std::fs::metadata(base.join(&n))
+                            .and_then(|m| m.modified())
+                            .ok()?;
+                        Some((t, n))
+                    })
+                    .collect();
+                files.sort();
+                let excess = files.len().saturating_sub(max_count);
+                let mut removed = 0;
+                for (i, (t, n)) in files.iter().enumerate() {
+                    let too_old = now.duration_since(*t).is_ok_and(|a| a > max_age);
+                    if i >= excess && !too_old {
+                        continue;
+                    }
+                    let Ok(id) = RunId::parse(n) else { continue };
+                    // Lock before unlinking so a reader in the middle of a
+                    // replay keeps its source.
+                    let Ok(Some(l)) = self.lock_at(&host, dir, &id) else {
+                        continue;
+                    };
+                    let p = base.join(n);
+                    self.inner
+                        .io
+                        .remove(&p)
+                        .map_err(|e| SpoolError::io("unlink", &p, e))?;
+                    drop(l);
+                    lock(&self.inner.index).remove(&host, &id);
+                    removed += 1;
+                }
+                if removed > 0 {
+                    self.sync_dir(&base)?;
+                }
+                match dir {
+                    Dir::Done => rep.done_removed += removed,
+                    _ => rep.dlq_removed += removed,
+                }
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Paths of the files in one host's directory (for tests and tools).
+    pub fn files_in(&self, host: &HostId, dir: Dir) -> Vec<PathBuf> {
+        let base = self.dir_path(host, dir);
+        let mut v: Vec<PathBuf> = self
+            .names_in(host, dir)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| base.join(n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Where a host's directory is.
+    pub fn host_dir(&self, host: &HostId, dir: Dir) -> PathBuf {
+        self.dir_path(host, dir)
+    }
+}
+
+fn pending_replay(events: &[Event]) -> Option<RunId> {
+    let mut pending = None;
+    for e in events {
+        match &e.kind {
+            EventKind::ReplayRequested { child, .. } => pending = Some(child.clone()),
+            EventKind::Replayed { child } if Some(child) == pending.as_ref() => pending = None,
+            _ => {}
+        }
+    }
+    pending
+}
+
+/// The child of a replay: same host, action and parameters; a fresh attempt
+/// budget; approval required again if the source required it; canary and
+/// rollback settings kept but their results cleared.
+fn fresh_child(src: &RunRecord, id: RunId, by: &str, now: Timestamp) -> RunRecord {
+    let ttl = src.expires_at.map(|e| e - src.requested_at);
+    let mut canary = src.canary.clone();
+    canary.passed = None;
+    let mut rollback = src.rollback.clone();
+    rollback.attempted = false;
+    rollback.succeeded = None;
+    let new = NewRun {
+        host_id: src.host_id.clone(),
+        action_key: src.action_key.clone(),
+        params: src.params.clone(),
+        requested_by: by.to_string(),
+        idempotency_key: None,
+        max_attempts: src.max_attempts,
+        expires_at: ttl.map(|t| now + t),
+        idempotent: src.idempotent,
+        approval_required: src.approval.required,
+        canary,
+        rollback,
+        auto_queued: false,
+        auto_reason: None,
+        auto_tier: src.auto_tier.clone(),
+        risk: src.risk.clone(),
+        tier: src.tier.clone(),
+    };
+    RunRecord::new(id, new, now, Some(src.run_id.clone()))
+}
+
+/// Run counts by bucket.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    pub queued: usize,
+    pub retry_scheduled: usize,
+    pub held: usize,
+    pub running: usize,
+    pub succeeded: usize,
+    pub rejected: usize,
+    pub expired: usize,
+    pub canceled: usize,
+    pub replayed: usize,
+    pub dlq: usize,
+    pub corrupt: usize,
+}
+
+impl Counts {
+    fn add(&mut self, b: Bucket, n: usize) {
+        let f = match b {
+            Bucket::Queued => &mut self.queued,
+            Bucket::RetryScheduled => &mut self.retry_scheduled,
+            Bucket::Held => &mut self.held,
+            Bucket::Running => &mut self.running,
+            Bucket::Succeeded => &mut self.succeeded,
+            Bucket::Rejected => &mut self.rejected,
+            Bucket::Expired => &mut self.expired,
+            Bucket::Canceled => &mut self.canceled,
+            Bucket::Replayed => &mut self.replayed,
+            Bucket::Dlq => &mut self.dlq,
+            Bucket::Corrupt => &mut self.corrupt,
+        };
+        *f += n;
+    }
+
+    pub fn get(&self, b: Bucket) -> usize {
+        match b {
+            Bucket::Queued => self.queued,
+            Bucket::RetryScheduled => self.retry_scheduled,
+            Bucket::Held => self.held,
+            Bucket::Running => self.running,
+            Bucket::Succeeded => self.succeeded,
+            Bucket::Rejected => self.rejected,
+            Bucket::Expired => self.expired,
+            Bucket::Canceled => self.canceled,
+            Bucket::Replayed => self.replayed,
+            Bucket::Dlq => self.dlq,
+            Bucket::Corrupt => self.corrupt,
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        Bucket::ALL.iter().map(|b| self.get(*b)).sum()
+    }
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub host: Option<HostId>,
+    pub buckets: Vec<Bucket>,
+    pub limit: usize,
+}

@@ -1,0 +1,166 @@
+//! The `Store` trait: what the HTTP handlers and the executor see of where
+//! runs live. The local spool implements it here; the SQS + S3 store
+//! implements it too, so both keep one contract (and one test suite).
+
+use async_trait::async_trait;
+
+use crate::error::{Result, SpoolError};
+use crate::id::{HostId, RunId};
+use crate::local::{
+    Counts, Enqueued, ListQuery, LocalSpool, PruneReport, RecoveryReport, Retention,
+};
+use crate::record::{AttemptResult, NewRun, RunRecord, Timestamp};
+
+/// Where runs live. Every method is one durable step: when it returns Ok,
+/// the change survives a crash; when it returns Err, the caller must assume
+/// nothing was acknowledged.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Enqueues a run (held when approval is required). With an idempotency
+    /// key, the same key for the same host returns the first run.
+    async fn enqueue(&self, new: NewRun) -> Result<Enqueued>;
+    async fn get(&self, id: &RunId) -> Result<Option<RunRecord>>;
+    /// Oldest first.
+    async fn list(&self, q: ListQuery) -> Result<Vec<RunRecord>>;
+    async fn counts(&self, host: Option<HostId>) -> Result<Counts>;
+    /// Claims the earliest due run of `host`, skipping runs whose action is in
+    /// `busy_actions` (one active run per host+action).
+    async fn claim_next(
+        &self,
+        host: &HostId,
+        busy_actions: Vec<String>,
+    ) -> Result<Option<RunRecord>>;
+    /// Records "attempt started" durably; commands may run after this.
+    async fn start_attempt(&self, id: &RunId) -> Result<RunRecord>;
+    async fn append_event(
+        &self,
+        id: &RunId,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<RunRecord>;
+    async fn complete(&self, id: &RunId, result: AttemptResult) -> Result<RunRecord>;
+    async fn retry_at(&self, id: &RunId, at: Timestamp, result: AttemptResult)
+    -> Result<RunRecord>;
+    async fn dead_letter(
+        &self,
+        id: &RunId,
+        reason: &str,
+        result: Option<AttemptResult>,
+    ) -> Result<RunRecord>;
+    async fn hold(&self, id: &RunId, reason: &str) -> Result<RunRecord>;
+    async fn approve(&self, id: &RunId, by: &str, reason: Option<String>) -> Result<RunRecord>;
+    async fn reject(&self, id: &RunId, by: &str, reason: Option<String>) -> Result<RunRecord>;
+    async fn expire(&self, id: &RunId) -> Result<RunRecord>;
+    async fn cancel(&self, id: &RunId, reason: &str) -> Result<RunRecord>;
+    /// A new run linked by `replayOfRunId`; returns the new run.
+    async fn replay(&self, id: &RunId, by: &str) -> Result<RunRecord>;
+    async fn next_due(&self, host: &HostId) -> Result<Option<Timestamp>>;
+    async fn recover(&self) -> Result<RecoveryReport>;
+    async fn prune(&self, retention: Retention) -> Result<PruneReport>;
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SpoolError::Backend(format!("spool worker thread failed: {e}")))?
+}
+
+#[async_trait]
+impl Store for LocalSpool {
+    async fn enqueue(&self, new: NewRun) -> Result<Enqueued> {
+        let s = self.clone();
+        blocking(move || s.enqueue_blocking(new)).await
+    }
+    async fn get(&self, id: &RunId) -> Result<Option<RunRecord>> {
+        let (s, id) = (self.clone(), id.clone());
+        blocking(move || s.get_blocking(&id)).await
+    }
+    async fn list(&self, q: ListQuery) -> Result<Vec<RunRecord>> {
+        let s = self.clone();
+        blocking(move || s.list_blocking(&q)).await
+    }
+    async fn counts(&self, host: Option<HostId>) -> Result<Counts> {
+        let s = self.clone();
+        blocking(move || s.counts_blocking(host.as_ref())).await
+    }
+    async fn claim_next(
+        &self,
+        host: &HostId,
+        busy_actions: Vec<String>,
+    ) -> Result<Option<RunRecord>> {
+        let (s, host) = (self.clone(), host.clone());
+        blocking(move || s.claim_next_blocking(&host, &|a| busy_actions.iter().any(|b| b == a)))
+            .await
+    }
+    async fn start_attempt(&self, id: &RunId) -> Result<RunRecord> {
+        let (s, id) = (self.clone(), id.clone());
+        blocking(move || s.start_attempt_blocking(&id)).await
+    }
+    async fn append_event(
+        &self,
+        id: &RunId,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<RunRecord> {
+        let (s, id, kind) = (self.clone(), id.clone(), kind.to_string());
+        blocking(move || s.append_note_blocking(&id, &kind, data)).await
+    }
+    async fn complete(&self, id: &RunId, result: AttemptResult) -> Result<RunRecord> {
+        let (s, id) = (self.clone(), id.clone());
+        blocking(move || s.complete_blocking(&id, result)).await
+    }
+    async fn retry_at(
+        &self,
+        id: &RunId,
+        at: Timestamp,
+        result: AttemptResult,
+    ) -> Result<RunRecord> {
+        let (s, id) = (self.clone(), id.clone());
+        blocking(move || s.retry_at_blocking(&id, at, result)).await
+    }
+    async fn dead_letter(
+        &self,
+        id: &RunId,
+        reason: &str,
+        result: Option<AttemptResult>,
+    ) -> Result<RunRecord> {
+        let (s, id, reason) = (self.clone(), id.clone(), reason.to_string());
+        blocking(move || s.dead_letter_blocking(&id, &reason, result)).await
+    }
+    async fn hold(&self, id: &RunId, reason: &str) -> Result<RunRecord> {
+        let (s, id, reason) = (self.clone(), id.clone(), reason.to_string());
+        blocking(move || s.hold_blocking(&id, &reason)).await
+    }
+    async fn approve(&self, id: &RunId, by: &str, reason: Option<String>) -> Result<RunRecord> {
+        let (s, id, by) = (self.clone(), id.clone(), by.to_string());
+        blocking(move || s.approve_blocking(&id, &by, reason)).await
+    }
+    async fn reject(&self, id: &RunId, by: &str, reason: Option<String>) -> Result<RunRecord> {
+        let (s, id, by) = (self.clone(), id.clone(), by.to_string());
+        blocking(move || s.reject_blocking(&id, &by, reason)).await
+    }
+    async fn expire(&self, id: &RunId) -> Result<RunRecord> {
+        let (s, id) = (self.clone(), id.clone());
+        blocking(move || s.expire_blocking(&id)).await
+    }
+    async fn cancel(&self, id: &RunId, reason: &str) -> Result<RunRecord> {
+        let (s, id, reason) = (self.clone(), id.clone(), reason.to_string());
+        blocking(move || s.cancel_blocking(&id, &reason)).await
+    }
+    async fn replay(&self, id: &RunId, by: &str) -> Result<RunRecord> {
+        let (s, id, by) = (self.clone(), id.clone(), by.to_string());
+        blocking(move || s.replay_blocking(&id, &by)).await
+    }
+    async fn next_due(&self, host: &HostId) -> Result<Option<Timestamp>> {
+        let (s, host) = (self.clone(), host.clone());
+        blocking(move || Ok(s.next_due_blocking(&host))).await
+    }
+    async fn recover(&self) -> Result<RecoveryReport> {
+        let s = self.clone();
+        blocking(move || s.recover_blocking()).await
+    }
+    async fn prune(&self, retention: Retention) -> Result<PruneReport> {
+        let s = self.clone();
+        blocking(move || s.prune_blocking(retention)).await
+    }
+}

@@ -1,0 +1,509 @@
+//! Every move through the spool, legal and illegal, and what lands on disk.
+
+use crate::util::*;
+use remediate_spool::*;
+
+#[test]
+fn enqueue_claim_start_complete_lands_in_done() {
+    let ts = TempSpool::new();
+    let h = host("host-a");
+    let e = ts.spool.enqueue_blocking(run(&h, "a")).unwrap();
+    assert!(e.created);
+    assert_eq!(e.record.state, RunState::Queued);
+    assert_eq!(ts.files(&h, Dir::Queued), vec![e.record.run_id.to_string()]);
+    let c = ts
+        .spool
+        .claim_next_blocking(&h, &|_| false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.run_id, e.record.run_id);
+    assert_eq!(ts.files(&h, Dir::Running).len(), 1);
+    assert!(
+        ts.spool
+            .claim_next_blocking(&h, &|_| false)
+            .unwrap()
+            .is_none()
+    );
+    let s = ts.spool.start_attempt_blocking(&c.run_id).unwrap();
+    assert_eq!((s.state, s.attempts), (RunState::Running, 1));
+    let d = ts.spool.complete_blocking(&c.run_id, ok_result()).unwrap();
+    assert_eq!(d.state, RunState::Succeeded);
+    assert_eq!(d.history.len(), 1);
+    assert!(d.history[0].finished_at.is_some());
+    assert_eq!(ts.files(&h, Dir::Done), vec![c.run_id.to_string()]);
+    assert!(ts.files(&h, Dir::Running).is_empty());
+    let got = ts.spool.get_blocking(&c.run_id).unwrap().unwrap();
+    assert_eq!(got, d);
+}
+
+#[test]
+fn retry_waits_for_its_time_then_exhausts_into_dlq() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let mut r = run(&h, "a");
+    r.max_attempts = 2;
+    let id = ts.spool.enqueue_blocking(r).unwrap().record.run_id;
+    ts.spool
+        .claim_next_blocking(&h, &|_| false)
+        .unwrap()
+        .unwrap();
+    ts.spool.start_attempt_blocking(&id).unwrap();
+    let at = ts.spool.now() + chrono::Duration::seconds(15);
+    let q = ts.spool.retry_at_blocking(&id, at, fail_result()).unwrap();
+    assert_eq!(q.state, RunState::Queued);
+    assert_eq!(q.next_attempt_at, Some(at));
+    assert_eq!(q.last_error.as_deref(), Some("exit 1"));
+    assert_eq!(ts.spool.counts_blocking(None).unwrap().retry_scheduled, 1);
+    assert!(
+        ts.spool
+            .claim_next_blocking(&h, &|_| false)
+            .unwrap()
+            .is_none(),
+        "not due yet"
+    );
+    ts.advance_secs(15);
+    ts.spool
+        .claim_next_blocking(&h, &|_| false)
+        .unwrap()
+        .unwrap();
+    ts.spool.start_attempt_blocking(&id).unwrap();
+    let err = ts
+        .spool
+        .retry_at_blocking(&id, at, fail_result())
+        .unwrap_err();
+    assert_eq!(err.code(), "illegal_move");
+    assert!(err.to_string().contains("no attempts left"), "{err}");
+    // The illegal move kept the claim: the executor can still dead-letter.
+    let d = ts
+        .spool
+        .dead_letter_blocking(&id, "max_attempts_exceeded", Some(fail_result()))
+        .unwrap();
+    assert_eq!(d.state, RunState::Dlq);
+    assert!(d.dlq);
+    assert_eq!(d.dlq_reason.as_deref(), Some("max_attempts_exceeded"));
+    assert_eq!(d.history.len(), 2);
+    assert_eq!(ts.files(&h, Dir::Dlq), vec![id.to_string()]);
+}
+
+#[test]
+fn approval_flow_and_second_approval_is_illegal() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let mut r = run(&h, "risky");
+    r.approval_required = true;
+    let id = ts.spool.enqueue_blocking(r.clone()).unwrap().record.run_id;
+    assert_eq!(ts.files(&h, Dir::Held), vec![id.to_string()]);
+    assert!(
+        ts.spool
+            .claim_next_blocking(&h, &|_| false)
+            .unwrap()
+            .is_none(),
+        "held is never claimable"
+    );
+    let a = ts
+        .spool
+        .approve_blocking(&id, "op", Some("ok".into()))
+        .unwrap();
+    assert_eq!(a.state, RunState::Queued);
+    assert_eq!(a.approval.status, ApprovalStatus::Approved);
+    let err = ts.spool.approve_blocking(&id, "op", None).unwrap_err();
+    assert_eq!(err.code(), "illegal_move");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(id.as_str()) && msg.contains("queued") && msg.contains("approve"),
+        "{msg}"
+    );
+    let id2 = ts.spool.enqueue_blocking(r).unwrap().record.run_id;
+    let rj = ts
+        .spool
+        .reject_blocking(&id2, "op", Some("no".into()))
+        .unwrap();
+    assert_eq!(rj.state, RunState::Rejected);
+    assert_eq!(rj.approval.status, ApprovalStatus::Rejected);
+    assert!(ts.spool.reject_blocking(&id2, "op", None).is_err());
+    assert!(ts.files(&h, Dir::Done).contains(&id2.to_string()));
+}
+
+#[test]
+fn claimed_run_can_be_held_canceled_expired_or_dead_lettered() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    for mv in ["hold", "cancel", "expire", "dlq"] {
+        let id = ts
+            .spool
+            .enqueue_blocking(run(&h, mv))
+            .unwrap()
+            .record
+            .run_id;
+        let c = ts
+            .spool
+            .claim_next_blocking(&h, &|_| false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.run_id, id);
+        let r = match mv {
+            "hold" => ts.spool.hold_blocking(&id, "approval revoked").unwrap(),
+            "cancel" => ts.spool.cancel_blocking(&id, "host_disabled").unwrap(),
+            "expire" => ts.spool.expire_blocking(&id).unwrap(),
+            _ => ts
+                .spool
+                .dead_letter_blocking(&id, "policy_blocked", None)
+                .unwrap(),
+        };
+        let want = match mv {
+            "hold" => RunState::Held,
+            "cancel" => RunState::Canceled,
+            "expire" => RunState::Expired,
+            _ => RunState::Dlq,
+        };
+        assert_eq!(r.state, want, "{mv}");
+        assert!(ts.spool.claimed().is_empty(), "{mv} released the claim");
+    }
+    assert!(ts.files(&h, Dir::Running).is_empty());
+}
+
+#[test]
+fn moves_that_are_illegal_name_run_state_and_move() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let id = ts
+        .spool
+        .enqueue_blocking(run(&h, "a"))
+        .unwrap()
+        .record
+        .run_id;
+    // Queued, unclaimed: attempt moves need a claim; state moves are checked.
+    assert_eq!(
+        ts.spool.start_attempt_blocking(&id).unwrap_err().code(),
+        "not_claimed"
+    );
+    assert_eq!(
+        ts.spool
+            .complete_blocking(&id, ok_result())
+            .unwrap_err()
+            .code(),
+        "not_claimed"
+    );
+    for e in [
+        ts.spool.approve_blocking(&id, "x", None).unwrap_err(),
+        ts.spool.reject_blocking(&id, "x", None).unwrap_err(),
+        ts.spool.replay_blocking(&id, "x").unwrap_err(),
+    ] {
+        assert_eq!(e.code(), "illegal_move", "{e}");
+        assert!(e.to_string().contains("is queued"), "{e}");
+    }
+    // Done: nothing but replay.
+    ts.spool.cancel_blocking(&id, "test").unwrap();
+    for e in [
+        ts.spool.cancel_blocking(&id, "x").unwrap_err(),
+        ts.spool.expire_blocking(&id).unwrap_err(),
+        ts.spool.hold_blocking(&id, "x").unwrap_err(),
+        ts.spool.dead_letter_blocking(&id, "x", None).unwrap_err(),
+    ] {
+        assert_eq!(e.code(), "illegal_move", "{e}");
+        assert!(e.to_string().contains("is canceled"), "{e}");
+    }
+    let unknown = RunId::parse("r-missing").unwrap();
+    assert_eq!(
+        ts.spool
+            .approve_blocking(&unknown, "x", None)
+            .unwrap_err()
+            .code(),
+        "not_found"
+    );
+    assert!(ts.spool.get_blocking(&unknown).unwrap().is_none());
+}
+
+#[test]
+fn replay_makes_a_fresh_linked_run_and_takes_the_source_out_of_dlq() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let mut r = run(&h, "a");
+    r.max_attempts = 1;
+    r.approval_required = true;
+    r.canary = Canary {
+        percent: 25,
+        bucket: 5,
+        selected: true,
+        checks: 2,
+        passed: None,
+    };
+    r.rollback = Rollback {
+        armed: true,
+        attempted: false,
+        succeeded: None,
+    };
+    let id = ts.spool.enqueue_blocking(r).unwrap().record.run_id;
+    ts.spool.approve_blocking(&id, "op", None).unwrap();
+    ts.spool
+        .claim_next_blocking(&h, &|_| false)
+        .unwrap()
+        .unwrap();
+    ts.spool.start_attempt_blocking(&id).unwrap();
+    let failed = AttemptResult {
+        canary_passed: Some(false),
+        rollback_attempted: true,
+        rollback_succeeded: Some(true),
+        ..fail_result()
+    };
+    let d = ts
+        .spool
+        .dead_letter_blocking(&id, "auto_rolled_back", Some(failed))
+        .unwrap();
+    assert_eq!(d.canary.passed, Some(false));
+    assert!(d.rollback.attempted);
+
+    let child = ts.spool.replay_blocking(&id, "op2").unwrap();
+    assert_eq!(child.replay_of_run_id.as_ref(), Some(&id));
+    assert_eq!(child.attempts, 0);
+    assert_eq!(child.max_attempts, 1);
+    assert_eq!(child.state, RunState::Held, "approval is asked again");
+    assert_eq!(child.approval.status, ApprovalStatus::Pending);
+    assert_eq!(child.canary.passed, None);
+    assert!(!child.rollback.attempted && child.rollback.succeeded.is_none());
+    assert!(child.history.is_empty() && !child.dlq);
+    let src = ts.spool.get_blocking(&id).unwrap().unwrap();
+    assert_eq!(src.state, RunState::Replayed);
+    assert_eq!(src.replayed_as, vec![child.run_id.clone()]);
+    assert!(ts.files(&h, Dir::Dlq).is_empty());
+    // A replayed source can be replayed again, from done/.
+    let again = ts.spool.replay_blocking(&id, "op2").unwrap();
+    assert_ne!(again.run_id, child.run_id);
+    // Held and queued runs are not replayable.
+    assert_eq!(
+        ts.spool
+            .replay_blocking(&child.run_id, "x")
+            .unwrap_err()
+            .code(),
+        "illegal_move"
+    );
+}
+
+#[test]
+fn idempotency_key_returns_the_first_run_whatever_its_state() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let mut r = run(&h, "a");
+    r.idempotency_key = Some(IdemKey::parse("deploy-42").unwrap());
+    let first = ts.spool.enqueue_blocking(r.clone()).unwrap();
+    assert!(first.created);
+    let second = ts.spool.enqueue_blocking(r.clone()).unwrap();
+    assert!(!second.created);
+    assert_eq!(second.record.run_id, first.record.run_id);
+    let id = first.record.run_id;
+    ts.spool
+        .claim_next_blocking(&h, &|_| false)
+        .unwrap()
+        .unwrap();
+    ts.spool.start_attempt_blocking(&id).unwrap();
+    ts.spool.complete_blocking(&id, ok_result()).unwrap();
+    let third = ts.spool.enqueue_blocking(r.clone()).unwrap();
+    assert!(!third.created);
+    assert_eq!(third.record.state, RunState::Succeeded);
+    assert_eq!(census(&ts, &h).len(), 1);
+    // Same key on another host is another run.
+    let mut other = r;
+    other.host_id = host("h2");
+    assert!(ts.spool.enqueue_blocking(other).unwrap().created);
+}
+
+#[test]
+fn idempotency_key_under_concurrency_creates_exactly_one_run() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let mut r = run(&h, "a");
+    r.idempotency_key = Some(IdemKey::parse("same").unwrap());
+    let created: usize = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16)
+            .map(|_| {
+                let (sp, r) = (ts.spool.clone(), r.clone());
+                s.spawn(move || sp.enqueue_blocking(r).unwrap().created as usize)
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(created, 1);
+    assert_eq!(census(&ts, &h).len(), 1);
+}
+
+#[test]
+fn claim_skips_busy_actions_and_takes_earliest_due() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let a = ts
+        .spool
+        .enqueue_blocking(run(&h, "a"))
+        .unwrap()
+        .record
+        .run_id;
+    ts.advance_secs(1);
+    let b = ts
+        .spool
+        .enqueue_blocking(run(&h, "b"))
+        .unwrap()
+        .record
+        .run_id;
+    let c = ts
+        .spool
+        .claim_next_blocking(&h, &|act| act == "a")
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.run_id, b);
+    let c = ts
+        .spool
+        .claim_next_blocking(&h, &|_| false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.run_id, a);
+}
+
+#[test]
+fn counts_and_list_follow_changes_made_by_another_handle() {
+    // Two independent spools on one directory stand for two processes: the
+    // second learns of the first's changes through inotify.
+    let ts = TempSpool::new();
+    let h = host("h");
+    assert_eq!(ts.spool.counts_blocking(None).unwrap().total(), 0);
+    let other = open(
+        ts.dir.path(),
+        std::sync::Arc::new(remediate_spool::io::RealIo),
+        ts.clock.clone(),
+    );
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            other
+                .enqueue_blocking(run(&h, &format!("a{i}")))
+                .unwrap()
+                .record
+                .run_id,
+        );
+        ts.advance_secs(1);
+    }
+    let c = ts.spool.counts_blocking(Some(&h)).unwrap();
+    assert_eq!(c.queued, 5);
+    let got = other.claim_next_blocking(&h, &|_| false).unwrap().unwrap();
+    other.start_attempt_blocking(&got.run_id).unwrap();
+    other.complete_blocking(&got.run_id, ok_result()).unwrap();
+    let c = ts.spool.counts_blocking(Some(&h)).unwrap();
+    assert_eq!((c.queued, c.succeeded), (4, 1));
+    let oldest = ts
+        .spool
+        .list_blocking(&ListQuery {
+            host: None,
+            buckets: vec![Bucket::Queued],
+            limit: 2,
+        })
+        .unwrap();
+    assert_eq!(
+        oldest.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>(),
+        ids[1..3].to_vec()
+    );
+}
+
+#[test]
+fn spool_refuses_directories_others_can_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let ts = TempSpool::new();
+    let h = host("h");
+    ts.spool.enqueue_blocking(run(&h, "a")).unwrap();
+    let q = ts.spool.host_dir(&h, Dir::Queued);
+    assert_eq!(
+        std::fs::metadata(&q).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    std::fs::set_permissions(&q, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = LocalSpool::open(ts.dir.path().join("spool")).unwrap_err();
+    assert_eq!(err.code(), "unsafe_spool");
+    let msg = err.to_string();
+    assert!(msg.contains("queued") && msg.contains("777"), "{msg}");
+}
+
+#[test]
+fn prune_keeps_recent_and_removes_old_and_excess() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    for _ in 0..5 {
+        let id = ts
+            .spool
+            .enqueue_blocking(run(&h, "a"))
+            .unwrap()
+            .record
+            .run_id;
+        ts.spool.cancel_blocking(&id, "t").unwrap();
+    }
+    let keep_all = Retention::default();
+    assert_eq!(ts.spool.prune_blocking(keep_all).unwrap().done_removed, 0);
+    let r = Retention {
+        done_max_count: 2,
+        ..Retention::default()
+    };
+    assert_eq!(ts.spool.prune_blocking(r).unwrap().done_removed, 3);
+    assert_eq!(ts.files(&h, Dir::Done).len(), 2);
+    let r = Retention {
+        done_max_age: std::time::Duration::ZERO,
+        ..Retention::default()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(ts.spool.prune_blocking(r).unwrap().done_removed, 2);
+}
+
+#[test]
+fn recovery_requeues_orphans_and_settles_interrupted_attempts() {
+    let mut ts = TempSpool::new();
+    let h = host("h");
+    let mut idem = run(&h, "idem");
+    idem.idempotent = true;
+    let i = ts.spool.enqueue_blocking(idem).unwrap().record.run_id;
+    let n = ts
+        .spool
+        .enqueue_blocking(run(&h, "nonidem"))
+        .unwrap()
+        .record
+        .run_id;
+    let o = ts
+        .spool
+        .enqueue_blocking(run(&h, "orphan"))
+        .unwrap()
+        .record
+        .run_id;
+    for id in [&i, &n] {
+        let c = ts
+            .spool
+            .claim_next_blocking(&h, &|a| a == "orphan")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&c.run_id, id);
+        ts.spool.start_attempt_blocking(id).unwrap();
+    }
+    ts.spool
+        .claim_next_blocking(&h, &|_| false)
+        .unwrap()
+        .unwrap();
+    // A live claimer's files are left alone.
+    let other = open(
+        ts.dir.path(),
+        std::sync::Arc::new(remediate_spool::io::RealIo),
+        ts.clock.clone(),
+    );
+    let rep = other.recover_blocking().unwrap();
+    assert_eq!(rep.busy, 3);
+    assert_eq!(ts.files(&h, Dir::Running).len(), 3);
+    // The claimer dies.
+    ts.reopen();
+    let rep = ts.spool.recover_blocking().unwrap();
+    assert_eq!(rep.interrupted_retried, vec![i.to_string()]);
+    assert_eq!(rep.interrupted_dead_lettered, vec![n.to_string()]);
+    assert_eq!(rep.orphans_requeued, vec![o.to_string()]);
+    let nr = ts.spool.get_blocking(&n).unwrap().unwrap();
+    assert_eq!(
+        (nr.state, nr.dlq_reason.as_deref()),
+        (RunState::Dlq, Some("interrupted"))
+    );
+    assert!(nr.history[0].result.interrupted);
+    let ir = ts.spool.get_blocking(&i).unwrap().unwrap();
+    assert_eq!((ir.state, ir.attempts), (RunState::Queued, 1));
+    // Idempotent: a second pass changes nothing.
+    let again = ts.spool.recover_blocking().unwrap();
+    assert_eq!(again, RecoveryReport::default());
+}
