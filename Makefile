@@ -1,10 +1,13 @@
 # vps-remediate: make help lists the targets.
 CARGO ?= cargo
 
+# Targets of each part live beside it (infra/*.mk) and are listed by help too.
+-include infra/*.mk
+
 .PHONY: help test lint fmt bench bench-spool doc clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 test: ## Run every test of the workspace (the README's test command)
 	$(CARGO) test --workspace --locked
