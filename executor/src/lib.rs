@@ -1,2 +1,5 @@
 //! The executor daemon: claims runs of its host from the spool and runs their
-//! guarded commands. Not built yet: see the project's open issue for it.
+//! guarded commands, then records success, a scheduled retry or a
+//! dead-letter move.
+
+pub mod runner;

@@ -1,0 +1,3 @@
+//! Integration tests of the executor: real child processes, a real spool.
+
+mod runner;
