@@ -24,6 +24,8 @@ pub trait DurableIo: Send + Sync + std::fmt::Debug {
     fn truncate(&self, file: &File, len: u64) -> io::Result<()>;
     /// rename(2) that fails with EEXIST instead of replacing `to`.
     fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// rename(2) that replaces `to` (host documents only).
+    fn rename_replace(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// fsyncs a directory so the names in it are durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Removes a file.
@@ -68,6 +70,10 @@ impl DurableIo for RealIo {
             nix::fcntl::RenameFlags::RENAME_NOREPLACE,
         )
         .map_err(io::Error::from)
+    }
+
+    fn rename_replace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -198,6 +204,13 @@ impl DurableIo for FaultIo {
     fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
         match self.step() {
             None => RealIo.rename_noreplace(from, to),
+            Some(_) => Err(injected()),
+        }
+    }
+
+    fn rename_replace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        match self.step() {
+            None => RealIo.rename_replace(from, to),
             Some(_) => Err(injected()),
         }
     }

@@ -254,11 +254,16 @@ impl LocalSpool {
         }
         ensure_dir(&root)?;
         let runs = root.join("runs");
-        for d in [root.join("hosts"), runs.clone(), root.join("audit")] {
+        for d in [
+            root.join("hosts"),
+            runs.clone(),
+            root.join("audit"),
+            root.join("control"),
+        ] {
             ensure_dir(&d)?;
         }
         check_dir_safe(&root)?;
-        for d in ["hosts", "runs", "audit"] {
+        for d in ["hosts", "runs", "audit", "control"] {
             check_dir_safe(&root.join(d))?;
         }
         let mut known = std::collections::HashSet::new();
@@ -1046,6 +1051,175 @@ impl LocalSpool {
         self.relocate(&mut l, to, true)?;
         self.index_update(&l);
         Ok(child)
+    }
+
+    /// queued (retry scheduled) -> queued, due now: `queue flush`. Returns
+    /// how many runs were made due; runs that are busy are skipped.
+    pub fn flush_retries_blocking(&self, host: &HostId) -> Result<usize> {
+        let now = self.now();
+        let ids: Vec<RunId> = {
+            let mut idx = lock(&self.inner.index);
+            idx.sync();
+            match idx.hosts.get(host) {
+                Some(hi) => hi
+                    .oldest(Bucket::RetryScheduled, usize::MAX)
+                    .map(|(_, id)| id.clone())
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        let mut n = 0;
+        for id in ids {
+            match self.do_move(
+                &id,
+                Move::Reschedule,
+                |r| {
+                    if r.due_at() <= now {
+                        Err(SpoolError::Invalid("already due".into()))
+                    } else {
+                        Ok(EventKind::Rescheduled { at: now })
+                    }
+                },
+                false,
+            ) {
+                Ok(_) => n += 1,
+                Err(
+                    SpoolError::Busy { .. } | SpoolError::Invalid(_) | SpoolError::NotFound { .. },
+                ) => {}
+                Err(SpoolError::IllegalMove { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    // ----- host documents, audit log, control requests -----
+
+    fn host_doc_path(&self, host: &HostId) -> PathBuf {
+        self.inner
+            .root
+            .join("hosts")
+            .join(format!("{}.json", host.as_str()))
+    }
+
+    /// A host's policy document (`hosts/<hostId>.json`), if one was stored.
+    pub fn get_host_doc_blocking(&self, host: &HostId) -> Result<Option<serde_json::Value>> {
+        let p = self.host_doc_path(host);
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| SpoolError::Corrupt {
+                    path: p,
+                    reason: format!("host document is not JSON: {e}"),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(SpoolError::io("read", p, e)),
+        }
+    }
+
+    /// Replaces a host's policy document atomically and durably (write a
+    /// unique temporary file, fsync, rename over, fsync the directory).
+    pub fn put_host_doc_blocking(&self, host: &HostId, doc: &serde_json::Value) -> Result<()> {
+        let dir = self.inner.root.join("hosts");
+        let nonce: u64 = rand::random();
+        let tmp = dir.join(format!(".{}.{nonce:016x}.tmp", host.as_str()));
+        let bytes =
+            serde_json::to_vec_pretty(doc).map_err(|e| SpoolError::Invalid(e.to_string()))?;
+        drop(
+            self.inner
+                .io
+                .create_new(&tmp, &bytes)
+                .map_err(|e| SpoolError::io("create", &tmp, e))?,
+        );
+        let dest = self.host_doc_path(host);
+        if let Err(e) = self.inner.io.rename_replace(&tmp, &dest) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(SpoolError::io("rename", dest, e));
+        }
+        self.sync_dir(&dir)
+    }
+
+    /// Appends one JSON line to today's audit log and fdatasyncs it.
+    pub fn audit_blocking(&self, entry: &serde_json::Value) -> Result<()> {
+        let day = self.now().format("%Y-%m-%d");
+        let p = self
+            .inner
+            .root
+            .join("audit")
+            .join(format!("audit-{day}.jsonl"));
+        let mut line = serde_json::to_vec(entry).map_err(|e| SpoolError::Invalid(e.to_string()))?;
+        line.push(b'\n');
+        let f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&p)
+            .map_err(|e| SpoolError::io("open", &p, e))?;
+        // One write(2) per line on an O_APPEND file: lines from several
+        // processes do not interleave.
+        self.inner
+            .io
+            .append(&f, &line)
+            .map_err(|e| SpoolError::io("append", &p, e))
+    }
+
+    fn control_dir(&self) -> PathBuf {
+        self.inner.root.join("control")
+    }
+
+    /// Asks the executor of `host` to drain up to `limit` due runs now:
+    /// drops a request file into `control/` (which the executor watches).
+    pub fn request_drain_blocking(&self, host: &HostId, limit: u32) -> Result<()> {
+        let dir = self.control_dir();
+        ensure_dir(&dir)?;
+        let nonce: u64 = rand::random();
+        let name = format!("drain.{}.{nonce:016x}", host.as_str());
+        let body = serde_json::json!({ "hostId": host.as_str(), "limit": limit, "requestedAt": self.now() });
+        let tmp = self.inner.root.join("control").join(format!(".{name}.tmp"));
+        drop(
+            self.inner
+                .io
+                .create_new(&tmp, body.to_string().as_bytes())
+                .map_err(|e| SpoolError::io("create", &tmp, e))?,
+        );
+        let dest = dir.join(&name);
+        self.inner
+            .io
+            .rename_noreplace(&tmp, &dest)
+            .map_err(|e| SpoolError::io("rename", &dest, e))
+    }
+
+    /// Takes (and removes) the pending drain requests of `host`; returns the
+    /// largest limit asked for, if any.
+    pub fn take_drain_requests(&self, host: &HostId) -> Result<Option<u32>> {
+        let dir = self.control_dir();
+        let prefix = format!("drain.{}.", host.as_str());
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(SpoolError::io("readdir", dir, e)),
+        };
+        let mut best: Option<u32> = None;
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&prefix) {
+                continue;
+            }
+            let limit = std::fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v.get("limit").and_then(|l| l.as_u64()))
+                .unwrap_or(1)
+                .min(50) as u32;
+            if std::fs::remove_file(e.path()).is_ok() {
+                best = Some(best.map_or(limit, |b| b.max(limit)));
+            }
+        }
+        Ok(best)
+    }
+
+    /// The directory the executor watches for control requests.
+    pub fn control_path(&self) -> PathBuf {
+        self.control_dir()
     }
 
     // ----- listing -----

@@ -405,6 +405,11 @@ pub enum EventKind {
     Replayed {
         child: RunId,
     },
+    /// A queued run's due time changed (an operator flushed the retries).
+    Rescheduled {
+        #[serde(rename = "nextAttemptAt")]
+        at: Timestamp,
+    },
     Note {
         kind: String,
         data: serde_json::Value,

@@ -9,6 +9,7 @@
 //!                   +---------- replay (a new run) ------ dlq --> replayed
 //! queued/held --expire--> expired;  queued/held --cancel--> canceled
 //! queued (claimed) --hold--> held;  queued (claimed) --dead-letter--> dlq
+//! queued --reschedule--> queued (a retry made due now: `queue flush`)
 //! ```
 //!
 //! Every move is checked here, both when a caller asks for it and when a log
@@ -31,11 +32,12 @@ pub enum Move {
     Expire,
     Cancel,
     Replay,
+    Reschedule,
     Note,
 }
 
 impl Move {
-    pub const ALL: [Move; 11] = [
+    pub const ALL: [Move; 12] = [
         Move::Hold,
         Move::Approve,
         Move::Reject,
@@ -46,6 +48,7 @@ impl Move {
         Move::Expire,
         Move::Cancel,
         Move::Replay,
+        Move::Reschedule,
         Move::Note,
     ];
 
@@ -61,6 +64,7 @@ impl Move {
             Move::Expire => "expire",
             Move::Cancel => "cancel",
             Move::Replay => "replay",
+            Move::Reschedule => "reschedule",
             Move::Note => "annotate",
         }
     }
@@ -81,6 +85,7 @@ pub fn next_state(from: RunState, mv: Move) -> Option<RunState> {
         (Move::Cancel, Queued | Held) => Some(Canceled),
         (Move::Replay, Dlq) => Some(Replayed),
         (Move::Replay, s @ (Succeeded | Rejected | Expired | Canceled | Replayed)) => Some(s),
+        (Move::Reschedule, Queued) => Some(Queued),
         (Move::Note, s) => Some(s),
         _ => None,
     }
@@ -122,6 +127,7 @@ fn move_of(kind: &EventKind) -> Option<Move> {
         EventKind::Canceled { .. } => Move::Cancel,
         EventKind::ReplayRequested { .. } => Move::Note,
         EventKind::Replayed { .. } => Move::Replay,
+        EventKind::Rescheduled { .. } => Move::Reschedule,
         EventKind::Note { .. } => Move::Note,
     })
 }
@@ -232,6 +238,7 @@ pub fn apply(record: &mut RunRecord, ev: &Event) -> Result<(), SpoolError> {
             record.end_reason = Some(reason.clone());
         }
         EventKind::ReplayRequested { .. } => {}
+        EventKind::Rescheduled { at: when } => record.next_attempt_at = Some(*when),
         EventKind::Replayed { child } => {
             record.replayed_as.push(child.clone());
             if record.state == RunState::Dlq {
@@ -295,6 +302,7 @@ mod tests {
             (Move::Replay, Expired, Expired),
             (Move::Replay, Canceled, Canceled),
             (Move::Replay, Replayed, Replayed),
+            (Move::Reschedule, Queued, Queued),
         ];
         let mut n_legal = 0;
         for mv in Move::ALL {

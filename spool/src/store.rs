@@ -56,6 +56,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn replay(&self, id: &RunId, by: &str) -> Result<RunRecord>;
     async fn next_due(&self, host: &HostId) -> Result<Option<Timestamp>>;
     async fn recover(&self) -> Result<RecoveryReport>;
+    /// Makes every retry-scheduled run of `host` due now; returns how many.
+    async fn flush_retries(&self, host: &HostId) -> Result<usize>;
+    /// A host's stored policy document (raw JSON), if any.
+    async fn get_host_doc(&self, host: &HostId) -> Result<Option<serde_json::Value>>;
+    /// Replaces a host's policy document durably.
+    async fn put_host_doc(&self, host: &HostId, doc: serde_json::Value) -> Result<()>;
+    /// Appends one entry to the audit log durably.
+    async fn audit(&self, entry: serde_json::Value) -> Result<()>;
+    /// Asks the host's executor to drain up to `limit` due runs now.
+    async fn request_drain(&self, host: &HostId, limit: u32) -> Result<()>;
     async fn prune(&self, retention: Retention) -> Result<PruneReport>;
 }
 
@@ -158,6 +168,26 @@ impl Store for LocalSpool {
     async fn recover(&self) -> Result<RecoveryReport> {
         let s = self.clone();
         blocking(move || s.recover_blocking()).await
+    }
+    async fn flush_retries(&self, host: &HostId) -> Result<usize> {
+        let (s, host) = (self.clone(), host.clone());
+        blocking(move || s.flush_retries_blocking(&host)).await
+    }
+    async fn get_host_doc(&self, host: &HostId) -> Result<Option<serde_json::Value>> {
+        let (s, host) = (self.clone(), host.clone());
+        blocking(move || s.get_host_doc_blocking(&host)).await
+    }
+    async fn put_host_doc(&self, host: &HostId, doc: serde_json::Value) -> Result<()> {
+        let (s, host) = (self.clone(), host.clone());
+        blocking(move || s.put_host_doc_blocking(&host, &doc)).await
+    }
+    async fn audit(&self, entry: serde_json::Value) -> Result<()> {
+        let s = self.clone();
+        blocking(move || s.audit_blocking(&entry)).await
+    }
+    async fn request_drain(&self, host: &HostId, limit: u32) -> Result<()> {
+        let (s, host) = (self.clone(), host.clone());
+        blocking(move || s.request_drain_blocking(&host, limit)).await
     }
     async fn prune(&self, retention: Retention) -> Result<PruneReport> {
         let s = self.clone();

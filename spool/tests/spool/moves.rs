@@ -507,3 +507,75 @@ fn recovery_requeues_orphans_and_settles_interrupted_attempts() {
     let again = ts.spool.recover_blocking().unwrap();
     assert_eq!(again, RecoveryReport::default());
 }
+
+#[test]
+fn flush_makes_scheduled_retries_due_now() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let id = ts
+        .spool
+        .enqueue_blocking(run(&h, "a"))
+        .unwrap()
+        .record
+        .run_id;
+    ts.spool
+        .claim_next_blocking(&h, &|_| false)
+        .unwrap()
+        .unwrap();
+    ts.spool.start_attempt_blocking(&id).unwrap();
+    let later = ts.spool.now() + chrono::Duration::minutes(10);
+    ts.spool
+        .retry_at_blocking(&id, later, fail_result())
+        .unwrap();
+    assert!(
+        ts.spool
+            .claim_next_blocking(&h, &|_| false)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(ts.spool.flush_retries_blocking(&h).unwrap(), 1);
+    assert_eq!(
+        ts.spool.flush_retries_blocking(&h).unwrap(),
+        0,
+        "already due"
+    );
+    let c = ts
+        .spool
+        .claim_next_blocking(&h, &|_| false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.run_id, id);
+    assert_eq!(c.next_attempt_at, Some(ts.spool.now()));
+}
+
+#[test]
+fn host_documents_audit_and_drain_requests() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    assert!(ts.spool.get_host_doc_blocking(&h).unwrap().is_none());
+    let doc = serde_json::json!({"remediationPolicyProfile": "strict", "enabled": true});
+    ts.spool.put_host_doc_blocking(&h, &doc).unwrap();
+    ts.spool.put_host_doc_blocking(&h, &doc).unwrap();
+    assert_eq!(ts.spool.get_host_doc_blocking(&h).unwrap(), Some(doc));
+    ts.spool
+        .audit_blocking(&serde_json::json!({"what": "approve"}))
+        .unwrap();
+    ts.spool
+        .audit_blocking(&serde_json::json!({"what": "reject"}))
+        .unwrap();
+    let audit_dir = ts.spool.root().join("audit");
+    let files: Vec<_> = std::fs::read_dir(&audit_dir).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    assert_eq!(text.lines().count(), 2);
+    assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), None);
+    ts.spool.request_drain_blocking(&h, 5).unwrap();
+    ts.spool.request_drain_blocking(&h, 8).unwrap();
+    ts.spool.request_drain_blocking(&host("other"), 3).unwrap();
+    assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), Some(8));
+    assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), None);
+    assert_eq!(
+        ts.spool.take_drain_requests(&host("other")).unwrap(),
+        Some(3)
+    );
+}
