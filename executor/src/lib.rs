@@ -1,5 +1,25 @@
 //! The executor daemon: claims runs of its host from the spool and runs their
 //! guarded commands, then records success, a scheduled retry or a
 //! dead-letter move.
+//!
+//! - [`runner`]: one command, argv only, clean environment, own process
+//!   group, timeout, capped output, redaction;
+//! - [`attempt`]: one claimed run, checks first, `start_attempt` before any
+//!   command, then commands, canary checks, rollback, and the outcome;
+//! - [`outcome`]: the pure retry / dead-letter decision;
+//! - [`daemon`]: the claim loop (inotify + due timer + safety rescan),
+//!   recovery, shutdown; [`daemon::drain_once`] for `once`;
+//! - [`plan`]: what the daemon asks of policy and catalog ([`plan::Planner`]).
 
+pub mod attempt;
+pub mod daemon;
+pub mod error;
+pub mod outcome;
+pub mod plan;
 pub mod runner;
+pub mod watch;
+
+pub use attempt::RunEnd;
+pub use daemon::{DaemonSettings, Deps, drain_once, run};
+pub use error::{ExecError, Result};
+pub use plan::{Planner, Prepared, Refusal, StaticAction, StaticPlanner};

@@ -1,3 +1,6 @@
 //! Integration tests of the executor: real child processes, a real spool.
 
+mod daemon;
+mod outcomes;
 mod runner;
+mod util;

@@ -1,0 +1,340 @@
+//! The claim loop of one host: recovery at start and every minute, pickup
+//! woken by inotify and by a timer for the earliest due run (a slow rescan
+//! only as a safety net), bounded concurrency with one active run per
+//! action, backoff after store errors, and a two-stage shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use remediate_spool::{Dir, HostId, LocalSpool, Retention, RunId, Store};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::attempt::{Ctx, RunEnd, process_claimed};
+use crate::error::Result;
+use crate::plan::Planner;
+use crate::watch::DirWatch;
+
+/// The daemon's knobs (the seed's `OPS_WORKER_*` keep their meaning).
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    /// Runs executed at once (`VPS_REMEDIATE_EXECUTOR_CONCURRENCY`, >= 1).
+    pub concurrency: usize,
+    /// Most runs claimed per wake-up (`OPS_WORKER_DRAIN_LIMIT`).
+    pub drain_limit: usize,
+    /// Safety-net rescan while runs are waiting (`OPS_WORKER_INTERVAL_SECONDS`).
+    pub rescan_interval: Duration,
+    /// Safety-net rescan when nothing is queued (`OPS_WORKER_IDLE_INTERVAL_SECONDS`).
+    pub idle_rescan_interval: Duration,
+    /// Longest pause after store errors (`OPS_WORKER_MAX_BACKOFF_SECONDS`).
+    pub max_error_backoff: Duration,
+    /// Time running commands get to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// Recovery period (after the pass at start).
+    pub recovery_interval: Duration,
+    /// Retention of done/ and dlq/, applied every `prune_interval`.
+    pub retention: Option<Retention>,
+    pub prune_interval: Duration,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            concurrency: 1,
+            drain_limit: 5,
+            rescan_interval: Duration::from_secs(15),
+            idle_rescan_interval: Duration::from_secs(30),
+            max_error_backoff: Duration::from_secs(120),
+            shutdown_grace: Duration::from_secs(30),
+            recovery_interval: Duration::from_secs(60),
+            retention: None,
+            prune_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Everything the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    pub spool: LocalSpool,
+    pub host: HostId,
+    pub planner: Arc<dyn Planner>,
+    pub settings: DaemonSettings,
+    /// Told about every run processed (for tests and the `once` report).
+    pub events: Option<mpsc::UnboundedSender<(RunId, RunEnd)>>,
+}
+
+impl Deps {
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            spool: self.spool.clone(),
+            planner: self.planner.clone(),
+        }
+    }
+}
+
+/// How the daemon stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// Runs still executing when the grace period ended: their commands were
+    /// killed and their attempts recorded as interrupted.
+    pub interrupted: usize,
+}
+
+async fn recover(spool: &LocalSpool) {
+    match Store::recover(spool).await {
+        Ok(rep) => {
+            let moved = rep.orphans_requeued.len()
+                + rep.interrupted_retried.len()
+                + rep.interrupted_dead_lettered.len()
+                + rep.relocated.len()
+                + rep.quarantined.len();
+            if moved > 0 {
+                tracing::warn!(
+                    orphans_requeued = rep.orphans_requeued.len(),
+                    interrupted_retried = rep.interrupted_retried.len(),
+                    interrupted_dead_lettered = rep.interrupted_dead_lettered.len(),
+                    relocated = rep.relocated.len(),
+                    quarantined = rep.quarantined.len(),
+                    "recovery settled runs"
+                );
+            } else {
+                tracing::debug!(busy = rep.busy, "recovery: nothing to do");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, code = e.code(), "recovery failed"),
+    }
+}
+
+/// Runs the daemon for `deps.host` until `shutdown` resolves. Then it stops
+/// claiming, gives running commands `shutdown_grace` to finish, kills the
+/// rest (recorded as interrupted) and returns.
+pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopped> {
+    let s = deps.settings.clone();
+    let concurrency = s.concurrency.max(1);
+    let drain_limit = s.drain_limit.max(1);
+    deps.spool.ensure_host(&deps.host)?;
+    recover(&deps.spool).await;
+
+    let queued_dir = deps.spool.host_dir(&deps.host, Dir::Queued);
+    let watch = match DirWatch::new(&queued_dir) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "no inotify: falling back to the rescan interval");
+            None
+        }
+    };
+    tracing::info!(
+        host_id = %deps.host,
+        concurrency,
+        spool = %deps.spool.root().display(),
+        "executor started"
+    );
+
+    let (kill_tx, kill_rx) = watch::channel(false);
+    let ctx = deps.ctx();
+    let mut inflight: JoinSet<(RunId, Result<RunEnd>)> = JoinSet::new();
+    let mut busy: HashMap<RunId, String> = HashMap::new();
+    let mut tasks: HashMap<tokio::task::Id, RunId> = HashMap::new();
+    let mut error_backoff: Option<Duration> = None;
+    let mut next_recovery = Instant::now() + s.recovery_interval;
+    let mut next_prune = Instant::now();
+    tokio::pin!(shutdown);
+
+    loop {
+        // Claim while there is room.
+        let mut taken = 0;
+        let mut store_error = false;
+        while inflight.len() < concurrency && taken < drain_limit {
+            let busy_actions: Vec<String> = busy.values().cloned().collect();
+            match deps.spool.claim_next(&deps.host, busy_actions).await {
+                Ok(Some(run)) => {
+                    taken += 1;
+                    busy.insert(run.run_id.clone(), run.action_key.clone());
+                    let (ctx, kill) = (ctx.clone(), kill_rx.clone());
+                    let id = run.run_id.clone();
+                    let handle = inflight.spawn(async move {
+                        let id = run.run_id.clone();
+                        (id, process_claimed(&ctx, run, kill).await)
+                    });
+                    tasks.insert(handle.id(), id);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, code = e.code(), "claim failed");
+                    store_error = true;
+                    break;
+                }
+            }
+        }
+        error_backoff = if store_error {
+            Some(
+                error_backoff
+                    .map_or(Duration::from_secs(1), |d| d * 2)
+                    .min(s.max_error_backoff.max(Duration::from_secs(1))),
+            )
+        } else {
+            None
+        };
+
+        let now = Instant::now();
+        let wake_at = match error_backoff {
+            Some(d) => now + d,
+            None if inflight.len() < concurrency && taken == drain_limit => now,
+            None => match deps.spool.next_due(&deps.host).await {
+                Ok(Some(due)) => {
+                    let until = due - deps.spool.now();
+                    match until.to_std() {
+                        // A future retry: wake exactly then.
+                        Ok(d) if !d.is_zero() => now + d.min(s.rescan_interval),
+                        // Due now but not claimable (its action is busy, or
+                        // another process holds it): look again soon.
+                        _ => now + s.rescan_interval.min(Duration::from_secs(1)),
+                    }
+                }
+                Ok(None) => now + s.idle_rescan_interval,
+                Err(_) => now + s.rescan_interval,
+            },
+        };
+        let wake_at = wake_at.min(next_recovery);
+
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(joined) = inflight.join_next_with_id(), if !inflight.is_empty() => {
+                finished(&deps, &mut busy, &mut tasks, joined);
+            }
+            r = async { match &watch { Some(w) => w.changed().await, None => std::future::pending().await } } => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "inotify read failed");
+                }
+            }
+            _ = tokio::time::sleep_until(wake_at) => {}
+        }
+
+        if Instant::now() >= next_recovery {
+            recover(&deps.spool).await;
+            next_recovery = Instant::now() + s.recovery_interval;
+        }
+        if let Some(r) = s.retention
+            && Instant::now() >= next_prune
+        {
+            match Store::prune(&deps.spool, r).await {
+                Ok(rep) => tracing::info!(
+                    done_removed = rep.done_removed,
+                    dlq_removed = rep.dlq_removed,
+                    "pruned"
+                ),
+                Err(e) => tracing::error!(error = %e, "prune failed"),
+            }
+            next_prune = Instant::now() + s.prune_interval;
+        }
+    }
+
+    // Shutdown: no more claims; running commands get the grace period.
+    let mut stopped = Stopped::default();
+    if !inflight.is_empty() {
+        tracing::info!(
+            running = inflight.len(),
+            grace_s = s.shutdown_grace.as_secs(),
+            "stopping: waiting for running commands"
+        );
+        let grace = tokio::time::sleep(s.shutdown_grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                joined = inflight.join_next_with_id() => match joined {
+                    Some(j) => finished(&deps, &mut busy, &mut tasks, j),
+                    None => break,
+                },
+                _ = &mut grace, if !*kill_rx.borrow() => {
+                    stopped.interrupted = inflight.len();
+                    tracing::warn!(running = inflight.len(), "grace period over: killing commands");
+                    let _ = kill_tx.send(true);
+                }
+            }
+        }
+    }
+    tracing::info!("executor stopped");
+    Ok(stopped)
+}
+
+type Joined =
+    std::result::Result<(tokio::task::Id, (RunId, Result<RunEnd>)), tokio::task::JoinError>;
+
+fn finished(
+    deps: &Deps,
+    busy: &mut HashMap<RunId, String>,
+    tasks: &mut HashMap<tokio::task::Id, RunId>,
+    joined: Joined,
+) {
+    match joined {
+        Ok((task, (id, res))) => {
+            tasks.remove(&task);
+            busy.remove(&id);
+            if let (Ok(end), Some(tx)) = (res, &deps.events) {
+                let _ = tx.send((id, end));
+            }
+        }
+        Err(e) => {
+            // A run task that panicked: drop its claim so that recovery
+            // settles the file (an attempt that started is interrupted).
+            if let Some(id) = tasks.remove(&e.id()) {
+                tracing::error!(run_id = %id, error = %e, "run task failed");
+                deps.spool.release_claim(&id);
+                busy.remove(&id);
+            }
+        }
+    }
+}
+
+/// What `once` did.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub runs: Vec<(RunId, RunEnd)>,
+    /// Runs left for recovery after a store error, and claim errors.
+    pub errors: Vec<String>,
+}
+
+impl Drained {
+    /// Every run touched ended well and nothing failed.
+    pub fn all_well(&self) -> bool {
+        self.errors.is_empty() && self.runs.iter().all(|(_, e)| e.ended_well())
+    }
+}
+
+/// Recovers, then processes up to `limit` due runs one after the other and
+/// returns what happened to each (`remediate-executor once`).
+pub async fn drain_once(deps: &Deps, limit: usize, kill: watch::Receiver<bool>) -> Result<Drained> {
+    deps.spool.ensure_host(&deps.host)?;
+    recover(&deps.spool).await;
+    let ctx = deps.ctx();
+    let mut out = Drained::default();
+    for _ in 0..limit {
+        if *kill.borrow() {
+            break;
+        }
+        let run = match deps.spool.claim_next(&deps.host, Vec::new()).await {
+            Ok(Some(run)) => run,
+            Ok(None) => break,
+            Err(e) => {
+                out.errors.push(format!("claim: {e}"));
+                break;
+            }
+        };
+        let id = run.run_id.clone();
+        match process_claimed(&ctx, run, kill.clone()).await {
+            Ok(end) => {
+                if let Some(tx) = &deps.events {
+                    let _ = tx.send((id.clone(), end.clone()));
+                }
+                out.runs.push((id, end));
+            }
+            Err(e) => out.errors.push(format!("{id}: {e}")),
+        }
+    }
+    Ok(out)
+}

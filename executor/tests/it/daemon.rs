@@ -1,0 +1,123 @@
+//! The daemon loop: event-driven pickup, the due timer, shutdown.
+
+use std::time::Duration;
+
+use remediate_executor::RunEnd;
+use remediate_spool::RunState;
+
+use crate::util::*;
+
+#[tokio::test]
+async fn picks_up_a_new_run_through_inotify_without_rescan() {
+    let env = Env::new();
+    let mut d = Daemon::start(&env, no_rescan());
+    // Rescans are an hour apart: only the queued/ watch can wake it.
+    let id = env.enqueue(env.new_run("ok"));
+    let (got, end) = d.next_event().await;
+    assert_eq!((got, end), (id.clone(), RunEnd::Succeeded));
+    let id2 = env.enqueue(env.new_run("ok"));
+    assert_eq!(d.next_event().await, (id2, RunEnd::Succeeded));
+    assert_eq!(d.shutdown().await.interrupted, 0);
+    assert_eq!(env.get(&id).state, RunState::Succeeded);
+}
+
+#[tokio::test]
+async fn a_scheduled_retry_wakes_the_daemon_when_due() {
+    let env = Env::new();
+    env.planner
+        .set_backoff(Duration::from_secs(1), Duration::from_secs(1));
+    let mut d = Daemon::start(&env, no_rescan());
+    let id = env.enqueue(env.new_run("fail-once"));
+    assert!(matches!(d.next_event().await, (ref i, RunEnd::RetryScheduled(_)) if *i == id));
+    // Nothing is published when the retry becomes due: the timer wakes it.
+    assert_eq!(d.next_event().await, (id.clone(), RunEnd::Succeeded));
+    d.shutdown().await;
+    assert_eq!(env.get(&id).attempts, 2);
+}
+
+#[tokio::test]
+async fn runs_queued_before_start_are_drained() {
+    let env = Env::new();
+    let ids: Vec<_> = (0..3).map(|_| env.enqueue(env.new_run("ok"))).collect();
+    let mut d = Daemon::start(&env, no_rescan());
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(d.next_event().await.0);
+    }
+    d.shutdown().await;
+    seen.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(seen, want);
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_running_command_finish_within_grace() {
+    let env = Env::new();
+    env.planner.action(
+        "short",
+        remediate_executor::StaticAction {
+            commands: vec![sh(&format!(
+                "touch {}/started.$REMEDIATE_RUN_ID; sleep 0.3",
+                env.scratch().display()
+            ))],
+            ..Default::default()
+        },
+    );
+    let d = Daemon::start(&env, no_rescan());
+    let id = env.enqueue(env.new_run("short"));
+    wait_for_file(&env.marker("started", &id)).await;
+    let stopped = d.shutdown().await;
+    assert_eq!(stopped.interrupted, 0);
+    assert_eq!(env.get(&id).state, RunState::Succeeded);
+}
+
+#[tokio::test]
+async fn shutdown_after_grace_kills_and_records_interrupted() {
+    let env = Env::new();
+    let mut settings = no_rescan();
+    settings.shutdown_grace = Duration::from_millis(200);
+    let d = Daemon::start(&env, settings.clone());
+    let id = env.enqueue(env.new_run("slow"));
+    let mut idem = env.new_run("slow");
+    idem.idempotent = true;
+    wait_for_file(&env.marker("started", &id)).await;
+    let stopped = d.shutdown().await;
+    assert_eq!(stopped.interrupted, 1);
+    let r = env.get(&id);
+    assert_eq!(
+        r.state,
+        RunState::Dlq,
+        "not idempotent: an operator decides"
+    );
+    assert_eq!(r.dlq_reason.as_deref(), Some("interrupted"));
+    assert!(r.history[0].result.interrupted);
+
+    // An idempotent action is queued again, due now.
+    let d = Daemon::start(&env, settings);
+    let id2 = env.enqueue(idem);
+    wait_for_file(&env.marker("started", &id2)).await;
+    d.shutdown().await;
+    let r = env.get(&id2);
+    assert_eq!(r.state, RunState::Queued);
+    assert!(r.history[0].result.interrupted);
+    assert!(r.next_attempt_at.is_some_and(|t| t <= env.spool.now()));
+}
+
+#[tokio::test]
+async fn one_active_run_per_action_even_with_concurrency() {
+    let env = Env::new();
+    let mut settings = no_rescan();
+    settings.concurrency = 4;
+    settings.shutdown_grace = Duration::from_millis(100);
+    let d = Daemon::start(&env, settings);
+    let a = env.enqueue(env.new_run("slow"));
+    let b = env.enqueue(env.new_run("slow"));
+    let c = env.enqueue(env.new_run("ok"));
+    wait_for_file(&env.marker("started", &a)).await;
+    wait_for_file(&env.marker("ran", &c)).await;
+    // `a` blocks the second run of the same action; `ok` ran beside it.
+    assert!(!env.marker("started", &b).exists());
+    assert_eq!(env.get(&b).state, RunState::Queued);
+    d.shutdown().await;
+}
