@@ -1,2 +1,144 @@
-//! The HTTP handler functions (local server and Lambda). Not built yet: see
-//! the project's open issue for it.
+//! The HTTP handler functions of vps-remediate.
+//!
+//! One router ([`app`]) serves every endpoint; the local server
+//! (`remediate-api serve`) and the Lambda entry point both call it, and
+//! handler tests drive it with `oneshot` and no socket. Handlers are
+//! stateless: every request reads and writes the [`Store`].
+//!
+//! Routes sit with their handlers in [`routes`], one file per endpoint group.
+
+pub mod auth;
+pub mod error;
+pub mod items;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
+use remediate_spool::Store;
+use serde::de::DeserializeOwned;
+
+use crate::auth::{AuthConfig, Need, Principal};
+use crate::error::ApiError;
+
+/// Largest request body accepted (413 above).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub auth: AuthConfig,
+    /// How long a drain waits for the executor's outcomes.
+    pub drain_wait: Duration,
+    pub metrics: Metrics,
+}
+
+/// Counters kept by this process (the store holds the rest).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub enqueues: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+pub type SharedState = Arc<AppState>;
+
+/// The router: every endpoint, one state.
+pub fn app(state: SharedState) -> Router {
+    routes::router()
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Request facts a handler needs for auth and audit.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub method: Method,
+    pub headers: HeaderMap,
+    /// The peer address from the socket (absent under Lambda and in tests).
+    pub peer: Option<SocketAddr>,
+    pub path: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Ctx {
+            method: parts.method.clone(),
+            headers: parts.headers.clone(),
+            peer: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+            path: parts.uri.path().to_string(),
+        })
+    }
+}
+
+impl Ctx {
+    pub fn auth(&self, st: &AppState, need: Need) -> Result<Principal, ApiError> {
+        auth::authenticate(
+            &st.auth,
+            &self.method,
+            &self.headers,
+            need,
+            chrono::Utc::now(),
+        )
+    }
+}
+
+/// Parses a JSON body; a malformed body or a wrong type is a 400 that names
+/// the field.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        b"{}" as &[u8]
+    } else {
+        body
+    };
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("the body is not valid JSON: {inner}"),
+            )
+        } else if path == "." || path.is_empty() {
+            ApiError::bad_request("invalid_body", format!("invalid body: {inner}"))
+        } else {
+            ApiError::bad_request("invalid_field", format!("field `{path}`: {inner}"))
+                .with(serde_json::json!({ "field": path }))
+        }
+    })
+}
+
+/// Writes one audit entry for a state change; an audit failure fails the
+/// request (the change itself is already durable, and the 5xx says so).
+pub async fn audit(
+    st: &AppState,
+    ctx: &Ctx,
+    who: &Principal,
+    what: &str,
+    run_id: Option<&str>,
+    detail: serde_json::Value,
+) -> Result<(), ApiError> {
+    let entry = serde_json::json!({
+        "at": chrono::Utc::now(),
+        "who": who.name,
+        "credential": who.mode.as_str(),
+        "peer": ctx.peer.map(|p| p.to_string()),
+        "what": what,
+        "path": ctx.path,
+        "runId": run_id,
+        "detail": detail,
+    });
+    st.store.audit(entry).await.map_err(ApiError::from)
+}

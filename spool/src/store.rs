@@ -56,6 +56,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn replay(&self, id: &RunId, by: &str) -> Result<RunRecord>;
     async fn next_due(&self, host: &HostId) -> Result<Option<Timestamp>>;
     async fn recover(&self) -> Result<RecoveryReport>;
+    /// Every host that has runs.
+    async fn hosts(&self) -> Result<Vec<HostId>>;
     /// Makes every retry-scheduled run of `host` due now; returns how many.
     async fn flush_retries(&self, host: &HostId) -> Result<usize>;
     /// A host's stored policy document (raw JSON), if any.
@@ -168,6 +170,10 @@ impl Store for LocalSpool {
     async fn recover(&self) -> Result<RecoveryReport> {
         let s = self.clone();
         blocking(move || s.recover_blocking()).await
+    }
+    async fn hosts(&self) -> Result<Vec<HostId>> {
+        let s = self.clone();
+        blocking(move || s.hosts()).await
     }
     async fn flush_retries(&self, host: &HostId) -> Result<usize> {
         let (s, host) = (self.clone(), host.clone());

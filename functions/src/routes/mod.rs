@@ -1,0 +1,31 @@
+//! Every endpoint, grouped by file.
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::SharedState;
+
+pub mod drain;
+pub mod health;
+pub mod queue;
+pub mod replay;
+pub mod session;
+
+pub fn router() -> Router<SharedState> {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(health::metrics))
+        .route("/api/auth/login", post(session::login))
+        .route("/api/auth/logout", post(session::logout))
+        .route(
+            "/api/ops/remediate-queue",
+            get(queue::snapshot).post(queue::decide),
+        )
+        .route("/api/ops/remediate-replay", post(replay::replay))
+        .route("/api/ops/remediate-drain", post(drain::drain))
+}
+
+/// The seed's clamping of `limit`: absent -> default, else into [min, max].
+pub fn clamp_limit(v: Option<i64>, default: i64, min: i64, max: i64) -> usize {
+    v.unwrap_or(default).clamp(min, max) as usize
+}

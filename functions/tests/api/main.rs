@@ -1,0 +1,8 @@
+//! Tests of the HTTP API: handlers through `app(..).oneshot(..)`, the
+//! authorisation matrix, and the real server process.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod handlers;
+mod matrix;
+mod server;
+mod util;

@@ -1,0 +1,161 @@
+//! The authorisation matrix: every route x every kind of credential gives
+//! exactly the expected status.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use remediate_functions::auth::AuthConfig;
+use serde_json::json;
+
+use crate::util::*;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cred {
+    None,
+    WrongToken,
+    ForgedCookie,
+    ExpiredCookie,
+    Viewer,
+    Ops,
+    Admin,
+    AdminCookie,
+    QueueToken,
+    OtherHostToken,
+}
+
+const CREDS: [Cred; 10] = [
+    Cred::None,
+    Cred::WrongToken,
+    Cred::ForgedCookie,
+    Cred::ExpiredCookie,
+    Cred::Viewer,
+    Cred::Ops,
+    Cred::Admin,
+    Cred::AdminCookie,
+    Cred::QueueToken,
+    Cred::OtherHostToken,
+];
+
+fn cookie(expired: bool) -> String {
+    let mut a: AuthConfig = auth();
+    if expired {
+        a.session_ttl = chrono::Duration::hours(-1);
+    }
+    let admin = tokens().into_iter().find(|t| t.name == "admin").unwrap();
+    format!("vr_session={}", a.session_for(&admin, chrono::Utc::now()))
+}
+
+fn with_cred(mut b: axum::http::request::Builder, c: Cred) -> axum::http::request::Builder {
+    b = b
+        .header("host", "127.0.0.1:3035")
+        .header("origin", "http://127.0.0.1:3035");
+    match c {
+        Cred::None => b,
+        Cred::WrongToken => b.header("authorization", "Bearer not-a-token"),
+        Cred::ForgedCookie => {
+            let c = cookie(false);
+            b.header("cookie", format!("{}x", &c[..c.len() - 1]))
+        }
+        Cred::ExpiredCookie => b.header("cookie", cookie(true)),
+        Cred::Viewer => b.header("authorization", format!("Bearer {VIEWER}")),
+        Cred::Ops => b.header("authorization", format!("Bearer {OPS}")),
+        Cred::Admin => b.header("authorization", format!("Bearer {ADMIN}")),
+        Cred::AdminCookie => b.header("cookie", cookie(false)),
+        Cred::QueueToken => b.header("x-remediate-queue-token", QUEUE),
+        Cred::OtherHostToken => b.header("authorization", format!("Bearer {OPS_B}")),
+    }
+}
+
+use Cred::*;
+const U: StatusCode = StatusCode::UNAUTHORIZED;
+const F: StatusCode = StatusCode::FORBIDDEN;
+const K: StatusCode = StatusCode::OK;
+
+fn expect(route: &str, c: Cred) -> StatusCode {
+    let unauth = matches!(c, None | WrongToken | ForgedCookie | ExpiredCookie);
+    match route {
+        "healthz" => K,
+        _ if unauth => U,
+        "metrics" => match c {
+            QueueToken => F,
+            _ => K,
+        },
+        "snapshot" => K,
+        "approve" => match c {
+            Viewer | QueueToken | OtherHostToken => F,
+            _ => K,
+        },
+        "replay" => match c {
+            Viewer | OtherHostToken => F,
+            _ => K,
+        },
+        "drain" => match c {
+            Viewer => F,
+            _ => K,
+        },
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn every_route_times_every_credential() {
+    let api = Api::new();
+    let mut failures = Vec::new();
+    for route in [
+        "healthz", "metrics", "snapshot", "approve", "replay", "drain",
+    ] {
+        for c in CREDS {
+            let req = match route {
+                "healthz" => with_cred(Request::get("/healthz"), c).body(Body::empty()),
+                "metrics" => with_cred(Request::get("/metrics"), c).body(Body::empty()),
+                "snapshot" => {
+                    with_cred(Request::get("/api/ops/remediate-queue"), c).body(Body::empty())
+                }
+                "approve" => {
+                    let id = api.held("host-a");
+                    with_cred(Request::post("/api/ops/remediate-queue"), c)
+                        .header("content-type", "application/json")
+                        .body(Body::from(
+                            json!({"runId": id.as_str(), "mode": "approve"}).to_string(),
+                        ))
+                }
+                "replay" => {
+                    let id = api.dead("host-a");
+                    with_cred(Request::post("/api/ops/remediate-replay"), c)
+                        .header("content-type", "application/json")
+                        .body(Body::from(
+                            json!({"mode": "single", "runId": id.as_str()}).to_string(),
+                        ))
+                }
+                _ => with_cred(Request::post("/api/ops/remediate-drain"), c)
+                    .header("content-type", "application/json")
+                    .body(Body::from("{\"limit\":1}")),
+            }
+            .unwrap();
+            let (got, body) = api.send(req).await;
+            let want = expect(route, c);
+            if got != want {
+                failures.push(format!(
+                    "{route} with {c:?}: got {got}, want {want}: {body}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn a_host_limited_token_sees_only_its_hosts() {
+    let api = Api::new();
+    api.queued("host-a");
+    let b = api.queued("host-b");
+    let (_, v) = api.get("/api/ops/remediate-queue", OPS_B).await;
+    let items = v["snapshot"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["runId"], b.as_str());
+    assert_eq!(v["snapshot"]["counts"]["queued"], 1);
+    let (_, v) = api
+        .post("/api/ops/remediate-drain", OPS_B, json!({"limit": 50}))
+        .await;
+    let drained = v["drained"].as_array().unwrap();
+    assert!(drained.iter().all(|d| d["hostId"] == "host-b"), "{v}");
+}
