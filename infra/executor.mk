@@ -1,0 +1,65 @@
+# Executor targets (the seed runbook's ops-worker names). Included by the
+# root Makefile. Local by default; set VPS_HOST=user@host to act on a VPS
+# over ssh (the binary is built here and copied there).
+
+# Keep the including Makefile's default goal (help), whatever order the
+# includes come in: restored at the end of this file.
+executor_mk_default_goal := $(.DEFAULT_GOAL)
+
+CARGO ?= cargo
+VPS_HOST ?=
+# Local development spool and catalog for ops-worker / ops-worker-once.
+OPS_SPOOL ?= ./var/spool
+OPS_HOST_ID ?= $(shell hostname)
+EXECUTOR_UNIT := infra/systemd/remediate-executor.service
+EXECUTOR_RELEASE_BIN := target/release/remediate-executor
+# sudo for the install steps; empty when already root.
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Runs a command here, or on VPS_HOST over ssh.
+ON_HOST = $(if $(VPS_HOST),ssh $(VPS_HOST),sh -c)
+
+.PHONY: ops-worker ops-worker-once vps-ops-worker-install vps-ops-worker-status \
+	vps-ops-worker-logs vps-ops-worker-remove executor-unit-verify
+
+ops-worker: ## Run the executor daemon in the foreground on ./var/spool (OPS_SPOOL, OPS_HOST_ID)
+	mkdir -p $(dir $(OPS_SPOOL)) && chmod 700 $(dir $(OPS_SPOOL))
+	VPS_REMEDIATE_CATALOG=$${VPS_REMEDIATE_CATALOG:-demo} \
+	$(CARGO) run -p remediate-executor -- run --spool $(OPS_SPOOL) --host-id $(OPS_HOST_ID)
+
+ops-worker-once: ## Drain up to OPS_WORKER_DRAIN_LIMIT due runs once; exit 0 when all ended well
+	mkdir -p $(dir $(OPS_SPOOL)) && chmod 700 $(dir $(OPS_SPOOL))
+	VPS_REMEDIATE_CATALOG=$${VPS_REMEDIATE_CATALOG:-demo} \
+	$(CARGO) run -p remediate-executor -- once --spool $(OPS_SPOOL) --host-id $(OPS_HOST_ID)
+
+vps-ops-worker-install: ## Build and install the executor systemd service (here, or on VPS_HOST over ssh)
+	$(CARGO) build --release --locked -p remediate-executor
+ifeq ($(VPS_HOST),)
+	$(SUDO) install -m 0755 $(EXECUTOR_RELEASE_BIN) /usr/local/bin/remediate-executor
+	$(SUDO) install -m 0644 $(EXECUTOR_UNIT) /etc/systemd/system/remediate-executor.service
+	$(SUDO) sh infra/systemd/install-executor.sh
+else
+	scp $(EXECUTOR_RELEASE_BIN) $(EXECUTOR_UNIT) infra/systemd/install-executor.sh $(VPS_HOST):/tmp/
+	ssh $(VPS_HOST) 'sudo install -m 0755 /tmp/remediate-executor /usr/local/bin/remediate-executor && \
+	  sudo install -m 0644 /tmp/remediate-executor.service /etc/systemd/system/remediate-executor.service && \
+	  sudo sh /tmp/install-executor.sh && rm -f /tmp/remediate-executor /tmp/remediate-executor.service /tmp/install-executor.sh'
+endif
+
+vps-ops-worker-status: ## Show the executor service status and its queue (here, or on VPS_HOST)
+	$(ON_HOST) 'systemctl status --no-pager remediate-executor; sudo -u vps-remediate remediate-executor queue list --spool /var/lib/vps-remediate || true'
+
+vps-ops-worker-logs: ## Follow the executor's journal (here, or on VPS_HOST)
+	$(ON_HOST) 'journalctl -u remediate-executor -f -n 200 --no-pager'
+
+vps-ops-worker-remove: ## Stop, disable and remove the executor service; keeps the spool and /etc/vps-remediate
+	$(ON_HOST) '$(if $(VPS_HOST),sudo,$(SUDO)) systemctl disable --now remediate-executor || true; \
+	  $(if $(VPS_HOST),sudo,$(SUDO)) rm -f /etc/systemd/system/remediate-executor.service /usr/local/bin/remediate-executor; \
+	  $(if $(VPS_HOST),sudo,$(SUDO)) systemctl daemon-reload'
+
+executor-unit-verify: ## Check the executor unit with systemd-analyze verify (against a debug build)
+	$(CARGO) build -p remediate-executor
+	@tmp=$$(mktemp -d) && \
+	sed "s|/usr/local/bin/remediate-executor|$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/remediate-executor|g" \
+	  $(EXECUTOR_UNIT) > $$tmp/remediate-executor.service && \
+	systemd-analyze verify $$tmp/remediate-executor.service; rc=$$?; rm -rf $$tmp; exit $$rc
+
+.DEFAULT_GOAL := $(executor_mk_default_goal)
