@@ -37,6 +37,8 @@ pub struct AppState {
     pub auth: AuthConfig,
     /// How long a drain waits for the executor's outcomes.
     pub drain_wait: Duration,
+    /// The webhook for notifications (`http://` only), if configured.
+    pub notify_url: Option<String>,
     pub metrics: Metrics,
 }
 

@@ -99,6 +99,9 @@ fn state(args: &ServeArgs) -> anyhow::Result<Arc<AppState>> {
         store: Arc::new(spool),
         auth,
         drain_wait: Duration::from_secs(args.drain_wait_seconds),
+        notify_url: std::env::var("VPS_REMEDIATE_NOTIFY_WEBHOOK_URL")
+            .ok()
+            .filter(|u| !u.is_empty()),
         metrics: Metrics::default(),
     }))
 }

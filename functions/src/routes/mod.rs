@@ -7,9 +7,12 @@ use crate::SharedState;
 
 pub mod drain;
 pub mod health;
+pub mod hygiene;
+pub mod notify;
 pub mod queue;
 pub mod replay;
 pub mod session;
+pub mod workflow;
 
 pub fn router() -> Router<SharedState> {
     Router::new()
@@ -23,6 +26,12 @@ pub fn router() -> Router<SharedState> {
         )
         .route("/api/ops/remediate-replay", post(replay::replay))
         .route("/api/ops/remediate-drain", post(drain::drain))
+        .route("/api/ops/remediate-hygiene", post(hygiene::hygiene))
+        .route(
+            "/api/ops/incident-workflow",
+            get(workflow::list).post(workflow::run_step),
+        )
+        .route("/api/notify/test", post(notify::test))
 }
 
 /// The seed's clamping of `limit`: absent -> default, else into [min, max].

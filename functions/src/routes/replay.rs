@@ -6,16 +6,16 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use remediate_spool::{Bucket, ListQuery};
+use remediate_spool::{Bucket, ListQuery, SpoolError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::Need;
+use crate::auth::{Need, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::items::item;
 use crate::routes::clamp_limit;
 use crate::routes::queue::run_for;
-use crate::{Ctx, SharedState, audit, parse_json};
+use crate::{AppState, Ctx, SharedState, audit, parse_json};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -71,46 +71,64 @@ pub async fn replay(
         }
         "dlq-batch" => {
             let limit = clamp_limit(req.limit, 3, 1, 50);
-            let host = None;
-            let mut candidates = st
-                .store
-                .list(ListQuery {
-                    host,
-                    buckets: vec![Bucket::Dlq],
-                    limit: if who.hosts.is_some() { 1000 } else { limit },
-                })
-                .await?;
-            candidates.retain(|r| who.may_touch(r.host_id.as_str()));
-            candidates.truncate(limit);
-            let mut replayed = Vec::new();
-            let mut failed = Vec::new();
-            for src in &candidates {
-                match st.store.replay(&src.run_id, &who.name).await {
-                    Ok(child) => replayed.push(json!({ "sourceRunId": src.run_id, "run": item(&child, false) })),
-                    Err(e) if !matches!(e, remediate_spool::SpoolError::Io { .. }) => {
-                        failed.push(json!({ "sourceRunId": src.run_id, "error": e.to_string(), "code": e.code() }))
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            let summary = replay_batch(&st, &who, limit).await?;
             audit(
                 &st,
                 &ctx,
                 &who,
                 "replay-dlq-batch",
                 None,
-                json!({ "replayed": replayed.len(), "failed": failed.len() }),
+                json!({ "replayed": summary["replayed"], "failed": summary["failed"] }),
             )
             .await?;
-            Ok(Json(json!({
-                "ok": true,
-                "mode": "dlq-batch",
-                "summary": { "limit": limit, "considered": candidates.len(), "replayed": replayed.len(), "failed": failed.len(), "items": replayed, "errors": failed },
-            })))
+            Ok(Json(
+                json!({ "ok": true, "mode": "dlq-batch", "summary": summary }),
+            ))
         }
         other => Err(ApiError::bad_request(
             "invalid_mode",
             format!("mode must be \"single\" or \"dlq-batch\", got {other:?}"),
         )),
     }
+}
+
+/// Replays up to `limit` of the oldest DLQ runs the principal may touch.
+pub async fn replay_batch(st: &AppState, who: &Principal, limit: usize) -> ApiResult<Value> {
+    let fetch = if who.hosts.is_some() { 10_000 } else { limit };
+    let mut candidates = st
+        .store
+        .list(ListQuery {
+            host: None,
+            buckets: vec![Bucket::Dlq],
+            limit: fetch,
+        })
+        .await?;
+    candidates.retain(|r| who.may_touch(r.host_id.as_str()));
+    candidates.truncate(limit);
+    let mut replayed = Vec::new();
+    let mut failed = Vec::new();
+    for src in &candidates {
+        match st.store.replay(&src.run_id, &who.name).await {
+            Ok(child) => {
+                replayed.push(json!({ "sourceRunId": src.run_id, "run": item(&child, false) }))
+            }
+            // Another operator replayed it meanwhile, or it is busy: report it.
+            Err(
+                e @ (SpoolError::IllegalMove { .. }
+                | SpoolError::Busy { .. }
+                | SpoolError::NotFound { .. }),
+            ) => failed.push(
+                json!({ "sourceRunId": src.run_id, "error": e.to_string(), "code": e.code() }),
+            ),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(json!({
+        "limit": limit,
+        "considered": candidates.len(),
+        "replayed": replayed.len(),
+        "failed": failed.len(),
+        "items": replayed,
+        "errors": failed,
+    }))
 }

@@ -444,3 +444,176 @@ async fn forwarded_and_host_headers_grant_nothing() {
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn hygiene_drains_replays_and_reports_before_and_after() {
+    let api = Api::new();
+    api.dead("host-a");
+    api.queued("host-a");
+    let (s, v) = api
+        .post(
+            "/api/ops/remediate-hygiene",
+            OPS,
+            json!({"drainLimit": 30, "replayLimit": 15}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["before"]["dlq"], 1);
+    assert_eq!(v["replay"]["replayed"], 1);
+    assert_eq!(v["after"]["dlq"], 0);
+    assert_eq!(
+        v["after"]["queued"], 2,
+        "the replay and the queued run wait for an executor"
+    );
+    assert_eq!(v["drain"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn incident_workflow_steps() {
+    let api = Api::new();
+    let (s, v) = api.get("/api/ops/incident-workflow", OPS).await;
+    assert_eq!(s, StatusCode::OK);
+    let steps: Vec<_> = v["workflows"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "status-snapshot",
+            "drain-queue",
+            "replay-dlq",
+            "notify-test",
+            "manual-validate"
+        ]
+    );
+    api.dead("host-a");
+    let step = |id: &str, payload: serde_json::Value| json!({"workflowId": "critical-triage", "stepId": id, "payload": payload});
+    let (s, v) = api
+        .post(
+            "/api/ops/incident-workflow",
+            OPS,
+            step("status-snapshot", json!({})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["result"]["counts"]["dlq"].as_u64()),
+        (StatusCode::OK, Some(1))
+    );
+    let (s, v) = api
+        .post(
+            "/api/ops/incident-workflow",
+            OPS,
+            step("replay-dlq", json!({"limit": 3})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["result"]["replayed"].as_u64()),
+        (StatusCode::OK, Some(1))
+    );
+    let (s, v) = api
+        .post(
+            "/api/ops/incident-workflow",
+            OPS,
+            step("notify-test", json!({})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("notify_not_configured")
+        )
+    );
+    let (s, v) = api
+        .post(
+            "/api/ops/incident-workflow",
+            OPS,
+            step("manual-validate", json!({"note": "ssh ok"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["result"]["validatedBy"].as_str()),
+        (StatusCode::OK, Some("ops"))
+    );
+    let (s, v) = api
+        .post("/api/ops/incident-workflow", OPS, step("reboot", json!({})))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("step_not_found"))
+    );
+    let (s, v) = api
+        .post(
+            "/api/ops/incident-workflow",
+            OPS,
+            json!({"workflowId": "nope", "stepId": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("workflow_not_found"))
+    );
+    let (s, _) = api
+        .post(
+            "/api/ops/incident-workflow",
+            VIEWER,
+            step("status-snapshot", json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn notify_test_delivers_to_a_webhook_and_retries() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The first delivery gets a 503, the second a 204.
+    let hook = tokio::spawn(async move {
+        let mut bodies = Vec::new();
+        for status in ["503 Service Unavailable", "204 No Content"] {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 8192];
+            let n = s.read(&mut buf).await.unwrap();
+            bodies.push(String::from_utf8_lossy(&buf[..n]).to_string());
+            s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        bodies
+    });
+    let mut api = Api::new();
+    std::sync::Arc::get_mut(&mut api.state).unwrap().notify_url =
+        Some(format!("http://{addr}/hook"));
+    let (s, v) = api
+        .post(
+            "/api/notify/test",
+            OPS,
+            json!({"target": "webhook", "kind": "test", "title": "hello", "detail": "d"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["result"]["delivered"], true);
+    let attempts = v["result"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(
+        (
+            attempts[0]["status"].as_u64(),
+            attempts[1]["status"].as_u64()
+        ),
+        (Some(503), Some(204))
+    );
+    let bodies = hook.await.unwrap();
+    assert!(bodies[1].starts_with("POST /hook HTTP/1.1"));
+    assert!(bodies[1].contains("\"title\":\"hello\""));
+    let (s, v) = api
+        .post("/api/notify/test", OPS, json!({"target": "pager"}))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unknown_target"))
+    );
+}

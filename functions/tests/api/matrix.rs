@@ -92,6 +92,15 @@ fn expect(route: &str, c: Cred) -> StatusCode {
             Viewer => F,
             _ => K,
         },
+        "hygiene" | "workflows" => match c {
+            Viewer | QueueToken => F,
+            _ => K,
+        },
+        // Authorised, but no webhook is configured in this harness.
+        "notify" => match c {
+            Viewer | QueueToken => F,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        },
         _ => unreachable!(),
     }
 }
@@ -126,9 +135,18 @@ async fn every_route_times_every_credential() {
                             json!({"mode": "single", "runId": id.as_str()}).to_string(),
                         ))
                 }
-                _ => with_cred(Request::post("/api/ops/remediate-drain"), c)
+                "drain" => with_cred(Request::post("/api/ops/remediate-drain"), c)
                     .header("content-type", "application/json")
                     .body(Body::from("{\"limit\":1}")),
+                "hygiene" => with_cred(Request::post("/api/ops/remediate-hygiene"), c)
+                    .header("content-type", "application/json")
+                    .body(Body::from("{\"drainLimit\":1,\"replayLimit\":1}")),
+                "workflows" => {
+                    with_cred(Request::get("/api/ops/incident-workflow"), c).body(Body::empty())
+                }
+                _ => with_cred(Request::post("/api/notify/test"), c)
+                    .header("content-type", "application/json")
+                    .body(Body::from("{}")),
             }
             .unwrap();
             let (got, body) = api.send(req).await;

@@ -59,6 +59,7 @@ impl Api {
             store: Arc::new(spool.clone()),
             auth: auth(),
             drain_wait,
+            notify_url: None,
             metrics: Metrics::default(),
         });
         Api {
