@@ -1162,6 +1162,73 @@ impl LocalSpool {
             .map_err(|e| SpoolError::io("append", &p, e))
     }
 
+    fn host_activity_path(&self, host: &HostId) -> PathBuf {
+        self.inner
+            .root
+            .join("hosts")
+            .join(format!("{}.activity.json", host.as_str()))
+    }
+
+    /// What operators did on a host recently (dry-runs, executes), for the
+    /// fresh-dry-run gate, the cooldown and the hourly limits.
+    pub fn host_activity_blocking(&self, host: &HostId) -> Result<HostActivity> {
+        let p = self.host_activity_path(host);
+        match std::fs::read(&p) {
+            Ok(b) => Ok(serde_json::from_slice(&b).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(HostActivity::default()),
+            Err(e) => Err(SpoolError::io("read", p, e)),
+        }
+    }
+
+    /// Records a dry-run or an execute of `action` on `host` (read, modify,
+    /// replace under a lock; entries older than a day are dropped).
+    pub fn record_activity_blocking(
+        &self,
+        host: &HostId,
+        kind: ActivityKind,
+        action: &str,
+    ) -> Result<()> {
+        let lock_path = self.inner.root.join("hosts").join(".activity.lock");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| SpoolError::io("open", &lock_path, e))?;
+        let _guard = Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| SpoolError::io("flock", &lock_path, e.into()))?;
+        let now = self.now();
+        let mut a = self.host_activity_blocking(host)?;
+        let day_ago = now - chrono::Duration::days(1);
+        a.executes.retain(|e| e.at > day_ago);
+        match kind {
+            ActivityKind::DryRun => {
+                a.dry_runs.insert(action.to_string(), now);
+            }
+            ActivityKind::Execute => a.executes.push(ActivityEntry {
+                action: action.to_string(),
+                at: now,
+            }),
+        }
+        let dir = self.inner.root.join("hosts");
+        let nonce: u64 = rand::random();
+        let tmp = dir.join(format!(".{}.activity.{nonce:016x}.tmp", host.as_str()));
+        let bytes = serde_json::to_vec(&a).map_err(|e| SpoolError::Invalid(e.to_string()))?;
+        drop(
+            self.inner
+                .io
+                .create_new(&tmp, &bytes)
+                .map_err(|e| SpoolError::io("create", &tmp, e))?,
+        );
+        let dest = self.host_activity_path(host);
+        if let Err(e) = self.inner.io.rename_replace(&tmp, &dest) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(SpoolError::io("rename", dest, e));
+        }
+        self.sync_dir(&dir)
+    }
+
     fn control_dir(&self) -> PathBuf {
         self.inner.root.join("control")
     }
@@ -1669,4 +1736,28 @@ pub struct ListQuery {
     pub host: Option<HostId>,
     pub buckets: Vec<Bucket>,
     pub limit: usize,
+}
+
+/// Recent operator activity on one host.
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostActivity {
+    /// The latest dry-run of each action.
+    #[serde(default)]
+    pub dry_runs: std::collections::BTreeMap<String, Timestamp>,
+    /// Executes of the last day.
+    #[serde(default)]
+    pub executes: Vec<ActivityEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ActivityEntry {
+    pub action: String,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivityKind {
+    DryRun,
+    Execute,
 }

@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use crate::error::{Result, SpoolError};
 use crate::id::{HostId, RunId};
 use crate::local::{
-    Counts, Enqueued, ListQuery, LocalSpool, PruneReport, RecoveryReport, Retention,
+    ActivityKind, Counts, Enqueued, HostActivity, ListQuery, LocalSpool, PruneReport,
+    RecoveryReport, Retention,
 };
 use crate::record::{AttemptResult, NewRun, RunRecord, Timestamp};
 
@@ -66,6 +67,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn put_host_doc(&self, host: &HostId, doc: serde_json::Value) -> Result<()>;
     /// Appends one entry to the audit log durably.
     async fn audit(&self, entry: serde_json::Value) -> Result<()>;
+    /// Recent dry-runs and executes on a host.
+    async fn host_activity(&self, host: &HostId) -> Result<HostActivity>;
+    /// Records a dry-run or an execute of an action on a host.
+    async fn record_activity(&self, host: &HostId, kind: ActivityKind, action: &str) -> Result<()>;
     /// Asks the host's executor to drain up to `limit` due runs now.
     async fn request_drain(&self, host: &HostId, limit: u32) -> Result<()>;
     async fn prune(&self, retention: Retention) -> Result<PruneReport>;
@@ -190,6 +195,14 @@ impl Store for LocalSpool {
     async fn audit(&self, entry: serde_json::Value) -> Result<()> {
         let s = self.clone();
         blocking(move || s.audit_blocking(&entry)).await
+    }
+    async fn host_activity(&self, host: &HostId) -> Result<HostActivity> {
+        let (s, host) = (self.clone(), host.clone());
+        blocking(move || s.host_activity_blocking(&host)).await
+    }
+    async fn record_activity(&self, host: &HostId, kind: ActivityKind, action: &str) -> Result<()> {
+        let (s, host, action) = (self.clone(), host.clone(), action.to_string());
+        blocking(move || s.record_activity_blocking(&host, kind, &action)).await
     }
     async fn request_drain(&self, host: &HostId, limit: u32) -> Result<()> {
         let (s, host) = (self.clone(), host.clone());

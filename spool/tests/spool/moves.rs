@@ -579,3 +579,39 @@ fn host_documents_audit_and_drain_requests() {
         Some(3)
     );
 }
+
+#[test]
+fn host_activity_keeps_latest_dry_run_and_recent_executes() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    assert_eq!(
+        ts.spool.host_activity_blocking(&h).unwrap(),
+        HostActivity::default()
+    );
+    ts.spool
+        .record_activity_blocking(&h, ActivityKind::DryRun, "a")
+        .unwrap();
+    ts.advance_secs(60);
+    ts.spool
+        .record_activity_blocking(&h, ActivityKind::DryRun, "a")
+        .unwrap();
+    ts.spool
+        .record_activity_blocking(&h, ActivityKind::Execute, "a")
+        .unwrap();
+    let a = ts.spool.host_activity_blocking(&h).unwrap();
+    assert_eq!(a.dry_runs["a"], ts.spool.now());
+    assert_eq!(a.executes.len(), 1);
+    ts.advance_secs(2 * 86_400);
+    ts.spool
+        .record_activity_blocking(&h, ActivityKind::Execute, "b")
+        .unwrap();
+    let a = ts.spool.host_activity_blocking(&h).unwrap();
+    assert_eq!(
+        a.executes
+            .iter()
+            .map(|e| e.action.as_str())
+            .collect::<Vec<_>>(),
+        ["b"],
+        "a day-old execute is dropped"
+    );
+}
