@@ -119,88 +119,375 @@ pub const BACKOFF_MAX_LIMIT: i64 = 86_400;
 
 /// Every knob, in documentation order.
 pub static KNOBS: &[Knob] = &[
-    knob!(Policy, "VPS_REMEDIATE_MAX_RETRY_ATTEMPTS", "max_retry_attempts", "maxRetryAttempts", int(1, 20), KnobDefault::Int(3),
-        "Attempts a run gets (frozen at enqueue) before it is dead-lettered."),
-    knob!(Policy, "VPS_REMEDIATE_RETRY_BACKOFF_SECONDS", "retry_backoff_seconds", "retryBackoffSeconds", int(1, 3600), KnobDefault::Int(15),
-        "Base retry delay: attempt n waits base * 2^(n-1) seconds."),
-    knob!(Policy, "VPS_REMEDIATE_RETRY_BACKOFF_MAX_SECONDS", "retry_backoff_max_seconds", "retryBackoffMaxSeconds", int(1, BACKOFF_MAX_LIMIT), KnobDefault::Int(900),
-        "Cap of the retry delay; at least the base."),
-    knob!(Policy, "VPS_REMEDIATE_MAX_QUEUE_PER_HOST", "max_queue_per_host", "maxQueuePerHost", int(1, 200), KnobDefault::Int(4),
-        "Queued or held runs one host may have (its backlog)."),
-    knob!(Policy, "VPS_REMEDIATE_MAX_QUEUE_TOTAL", "max_queue_total", "maxQueueTotal", int(1, 10_000), KnobDefault::Int(200),
-        "Queued or held runs across all hosts (global backlog)."),
-    knob!(Policy, "VPS_REMEDIATE_QUEUE_TTL_MINUTES", "queue_ttl_minutes", "queueTtlMinutes", int(1, 10_080), KnobDefault::Int(120),
-        "A run not started this long after its request expires."),
-    knob!(Policy, "VPS_REMEDIATE_COMMAND_TIMEOUT_MS", "command_timeout_ms", "commandTimeoutMs", int(1000, 600_000), KnobDefault::Int(20_000),
-        "Each command's process group is killed after this long."),
-    knob!(Policy, "VPS_REMEDIATE_MAX_BUFFER_BYTES", "max_buffer_bytes", "maxBufferBytes", int(32_000, 8_000_000), KnobDefault::Int(512_000),
-        "Output kept per stream of a command; the rest is cut and marked."),
-    knob!(Policy, "VPS_REMEDIATE_QUEUE_AUTODRAIN", "queue_autodrain", "queueAutodrain", Kind::Bool, KnobDefault::Bool(true),
-        "An execute request wakes the executor at once."),
-    knob!(Policy, "VPS_REMEDIATE_AUTONOMOUS_ENABLED", "autonomous_enabled", "autonomousEnabled", Kind::Bool, KnobDefault::Bool(false),
-        "The planner may queue runs without an operator."),
-    knob!(Policy, "VPS_REMEDIATE_AUTONOMOUS_MAX_TIER", "autonomous_max_tier", "autonomousMaxTier", Kind::Choice(Tier::WORDS), KnobDefault::Text("safe_auto"),
-        "Highest tier the planner may queue."),
-    knob!(Policy, "VPS_REMEDIATE_AUTONOMOUS_MAX_QUEUED_PER_CYCLE", "autonomous_max_queued_per_cycle", "autonomousMaxQueuedPerCycle", int(1, 20), KnobDefault::Int(1),
-        "Runs the planner may queue per planning cycle."),
-    knob!(Policy, "VPS_REMEDIATE_AUTONOMOUS_MAX_QUEUED_PER_HOUR", "autonomous_max_queued_per_hour", "autonomousMaxQueuedPerHour", int(1, 500), KnobDefault::Int(4),
-        "Runs the planner may queue per host per hour."),
-    knob!(Policy, "VPS_REMEDIATE_APPROVAL_RISK_THRESHOLD", "approval_risk_threshold", "approvalRiskThreshold", Kind::Choice(RiskThreshold::WORDS), KnobDefault::Text("medium"),
-        "Risk from which a run waits for approval (none: never by risk)."),
-    knob!(Policy, "VPS_REMEDIATE_CANARY_ROLLOUT_PERCENT", "canary_rollout_percent", "canaryRolloutPercent", int(1, 100), KnobDefault::Int(25),
-        "Share of hosts an autonomous guarded_auto/risky_manual action reaches."),
-    knob!(Policy, "VPS_REMEDIATE_CANARY_REQUIRE_CHECKS", "canary_require_checks", "canaryRequireChecks", Kind::Bool, KnobDefault::Bool(true),
-        "Actions without canary checks are never queued autonomously."),
-    knob!(Policy, "VPS_REMEDIATE_AUTO_ROLLBACK", "auto_rollback", "autoRollback", Kind::Bool, KnobDefault::Bool(true),
-        "Run the rollback commands once when a run or its canary fails."),
-    knob!(Policy, "VPS_REMEDIATE_DRY_RUN_MAX_AGE_MINUTES", "dry_run_max_age_minutes", "dryRunMaxAgeMinutes", int(1, 1440), KnobDefault::Int(30),
-        "An execute needs a dry-run of the same action at most this old."),
-    knob!(Policy, "VPS_REMEDIATE_EXECUTE_COOLDOWN_MINUTES", "execute_cooldown_minutes", "executeCooldownMinutes", int(0, 1440), KnobDefault::Int(5),
-        "Minimum time between two executes of one action on one host."),
-    knob!(Policy, "VPS_REMEDIATE_MAX_EXECUTE_PER_HOUR", "max_execute_per_hour", "maxExecutePerHour", int(1, 1000), KnobDefault::Int(6),
-        "Manual executes per host per hour."),
-    knob!(Guard, "VPS_REMEDIATE_ENFORCE_ALLOWLIST", "enforce_allowlist", "enforceAllowlist", Kind::Bool, KnobDefault::Bool(true),
-        "Only allowlisted executables may run, and ALLOWLIST_REGEX applies."),
-    knob!(Guard, "VPS_REMEDIATE_MAX_COMMANDS_PER_ACTION", "max_commands_per_action", "maxCommandsPerAction", int(1, 200), KnobDefault::Int(20),
-        "Most commands in each list (commands, canary checks, rollback)."),
-    knob!(Guard, "VPS_REMEDIATE_MAX_COMMAND_LENGTH", "max_command_length", "maxCommandLength", int(10, 8000), KnobDefault::Int(800),
-        "Most characters of one command (argv joined with single spaces)."),
-    knob!(Guard, "VPS_REMEDIATE_ALLOWLIST_REGEX", "allowlist_regex", "allowlistRegex", Kind::Regex, KnobDefault::Unset,
-        "If set, every command (argv joined with spaces) must match it."),
-    knob!(Guard, "VPS_REMEDIATE_BLOCKLIST_REGEX", "blocklist_regex", "blocklistRegex", Kind::Regex, KnobDefault::Unset,
-        "If set, a command (argv joined with spaces) matching it is blocked."),
-    knob!(Service, "VPS_REMEDIATE_QUEUE_TOKEN", "queue_token", "queueToken", Kind::Secret, KnobDefault::Unset,
-        "Token of the x-remediate-queue-token header (drain, snapshot, replay)."),
-    knob!(Service, "VPS_REMEDIATE_LISTEN_ADDR", "listen_addr", "listenAddr", Kind::SocketAddr, KnobDefault::Text("127.0.0.1:3035"),
-        "Address the local HTTP service listens on."),
-    knob!(Service, "VPS_REMEDIATE_SPOOL_DIR", "spool_dir", "spoolDir", Kind::Path, KnobDefault::Text("/var/lib/vps-remediate"),
-        "Root of the local spool (hosts/, runs/, audit/)."),
-    knob!(Service, "VPS_REMEDIATE_CATALOG", "catalog", "catalog", Kind::CatalogRef, KnobDefault::Text("builtin"),
-        "Action catalog: builtin, demo, or the path of a catalog .toml file."),
-    knob!(Executor, "VPS_REMEDIATE_HOST_ID", "host_id", "hostId", Kind::Ident, KnobDefault::Unset,
-        "Host id this executor serves (unset: the executor decides, e.g. hostname)."),
-    knob!(Executor, "VPS_REMEDIATE_EXECUTOR_CONCURRENCY", "executor_concurrency", "concurrency", int(1, 64), KnobDefault::Int(1),
-        "Runs the executor executes at the same time."),
-    knob!(Executor, "VPS_REMEDIATE_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds", "shutdownGraceSeconds", int(0, 3600), KnobDefault::Int(30),
-        "On shutdown, how long running commands may finish before being killed."),
-    knob!(Executor, "VPS_REMEDIATE_RETENTION_DONE_DAYS", "retention_done_days", "retentionDoneDays", int(1, 3650), KnobDefault::Int(7),
-        "Finished runs are pruned after this many days."),
-    knob!(Executor, "VPS_REMEDIATE_RETENTION_DLQ_DAYS", "retention_dlq_days", "retentionDlqDays", int(1, 3650), KnobDefault::Int(30),
-        "Dead-lettered runs are pruned after this many days."),
-    knob!(Executor, "VPS_REMEDIATE_NOTIFY_WEBHOOK_URL", "notify_webhook_url", "notifyWebhookUrl", Kind::Url, KnobDefault::Unset,
-        "Where notifications (dead letters, approvals) are POSTed; unset: none."),
-    knob!(Worker, "OPS_WORKER_DRAIN_LIMIT", "worker.drain_limit", "drainLimit", int(1, 50), KnobDefault::Int(5),
-        "Runs one drain call may process."),
-    knob!(Worker, "OPS_WORKER_INTERVAL_SECONDS", "worker.interval_seconds", "intervalSeconds", int(1, 3600), KnobDefault::Int(15),
-        "Drain worker tick while there is work."),
-    knob!(Worker, "OPS_WORKER_IDLE_INTERVAL_SECONDS", "worker.idle_interval_seconds", "idleIntervalSeconds", int(1, 3600), KnobDefault::Int(30),
-        "Drain worker tick when idle."),
-    knob!(Worker, "OPS_WORKER_MAX_BACKOFF_SECONDS", "worker.max_backoff_seconds", "maxBackoffSeconds", int(1, 3600), KnobDefault::Int(120),
-        "Drain worker backoff cap after errors."),
-    knob!(Worker, "OPS_WORKER_BASE_URL", "worker.base_url", "baseUrl", Kind::Url, KnobDefault::Text("http://127.0.0.1:3035"),
-        "Base URL the drain worker calls."),
-    knob!(Worker, "OPS_WORKER_TOKEN", "worker.token", "token", Kind::Secret, KnobDefault::Unset,
-        "Drain worker's queue token; falls back to VPS_REMEDIATE_QUEUE_TOKEN."),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_MAX_RETRY_ATTEMPTS",
+        "max_retry_attempts",
+        "maxRetryAttempts",
+        int(1, 20),
+        KnobDefault::Int(3),
+        "Attempts a run gets (frozen at enqueue) before it is dead-lettered."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_RETRY_BACKOFF_SECONDS",
+        "retry_backoff_seconds",
+        "retryBackoffSeconds",
+        int(1, 3600),
+        KnobDefault::Int(15),
+        "Base retry delay: attempt n waits base * 2^(n-1) seconds."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_RETRY_BACKOFF_MAX_SECONDS",
+        "retry_backoff_max_seconds",
+        "retryBackoffMaxSeconds",
+        int(1, BACKOFF_MAX_LIMIT),
+        KnobDefault::Int(900),
+        "Cap of the retry delay; at least the base."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_MAX_QUEUE_PER_HOST",
+        "max_queue_per_host",
+        "maxQueuePerHost",
+        int(1, 200),
+        KnobDefault::Int(4),
+        "Queued or held runs one host may have (its backlog)."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_MAX_QUEUE_TOTAL",
+        "max_queue_total",
+        "maxQueueTotal",
+        int(1, 10_000),
+        KnobDefault::Int(200),
+        "Queued or held runs across all hosts (global backlog)."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_QUEUE_TTL_MINUTES",
+        "queue_ttl_minutes",
+        "queueTtlMinutes",
+        int(1, 10_080),
+        KnobDefault::Int(120),
+        "A run not started this long after its request expires."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_COMMAND_TIMEOUT_MS",
+        "command_timeout_ms",
+        "commandTimeoutMs",
+        int(1000, 600_000),
+        KnobDefault::Int(20_000),
+        "Each command's process group is killed after this long."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_MAX_BUFFER_BYTES",
+        "max_buffer_bytes",
+        "maxBufferBytes",
+        int(32_000, 8_000_000),
+        KnobDefault::Int(512_000),
+        "Output kept per stream of a command; the rest is cut and marked."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_QUEUE_AUTODRAIN",
+        "queue_autodrain",
+        "queueAutodrain",
+        Kind::Bool,
+        KnobDefault::Bool(true),
+        "An execute request wakes the executor at once."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_AUTONOMOUS_ENABLED",
+        "autonomous_enabled",
+        "autonomousEnabled",
+        Kind::Bool,
+        KnobDefault::Bool(false),
+        "The planner may queue runs without an operator."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_AUTONOMOUS_MAX_TIER",
+        "autonomous_max_tier",
+        "autonomousMaxTier",
+        Kind::Choice(Tier::WORDS),
+        KnobDefault::Text("safe_auto"),
+        "Highest tier the planner may queue."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_AUTONOMOUS_MAX_QUEUED_PER_CYCLE",
+        "autonomous_max_queued_per_cycle",
+        "autonomousMaxQueuedPerCycle",
+        int(1, 20),
+        KnobDefault::Int(1),
+        "Runs the planner may queue per planning cycle."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_AUTONOMOUS_MAX_QUEUED_PER_HOUR",
+        "autonomous_max_queued_per_hour",
+        "autonomousMaxQueuedPerHour",
+        int(1, 500),
+        KnobDefault::Int(4),
+        "Runs the planner may queue per host per hour."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_APPROVAL_RISK_THRESHOLD",
+        "approval_risk_threshold",
+        "approvalRiskThreshold",
+        Kind::Choice(RiskThreshold::WORDS),
+        KnobDefault::Text("medium"),
+        "Risk from which a run waits for approval (none: never by risk)."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_CANARY_ROLLOUT_PERCENT",
+        "canary_rollout_percent",
+        "canaryRolloutPercent",
+        int(1, 100),
+        KnobDefault::Int(25),
+        "Share of hosts an autonomous guarded_auto/risky_manual action reaches."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_CANARY_REQUIRE_CHECKS",
+        "canary_require_checks",
+        "canaryRequireChecks",
+        Kind::Bool,
+        KnobDefault::Bool(true),
+        "Actions without canary checks are never queued autonomously."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_AUTO_ROLLBACK",
+        "auto_rollback",
+        "autoRollback",
+        Kind::Bool,
+        KnobDefault::Bool(true),
+        "Run the rollback commands once when a run or its canary fails."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_DRY_RUN_MAX_AGE_MINUTES",
+        "dry_run_max_age_minutes",
+        "dryRunMaxAgeMinutes",
+        int(1, 1440),
+        KnobDefault::Int(30),
+        "An execute needs a dry-run of the same action at most this old."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_EXECUTE_COOLDOWN_MINUTES",
+        "execute_cooldown_minutes",
+        "executeCooldownMinutes",
+        int(0, 1440),
+        KnobDefault::Int(5),
+        "Minimum time between two executes of one action on one host."
+    ),
+    knob!(
+        Policy,
+        "VPS_REMEDIATE_MAX_EXECUTE_PER_HOUR",
+        "max_execute_per_hour",
+        "maxExecutePerHour",
+        int(1, 1000),
+        KnobDefault::Int(6),
+        "Manual executes per host per hour."
+    ),
+    knob!(
+        Guard,
+        "VPS_REMEDIATE_ENFORCE_ALLOWLIST",
+        "enforce_allowlist",
+        "enforceAllowlist",
+        Kind::Bool,
+        KnobDefault::Bool(true),
+        "Only allowlisted executables may run, and ALLOWLIST_REGEX applies."
+    ),
+    knob!(
+        Guard,
+        "VPS_REMEDIATE_MAX_COMMANDS_PER_ACTION",
+        "max_commands_per_action",
+        "maxCommandsPerAction",
+        int(1, 200),
+        KnobDefault::Int(20),
+        "Most commands in each list (commands, canary checks, rollback)."
+    ),
+    knob!(
+        Guard,
+        "VPS_REMEDIATE_MAX_COMMAND_LENGTH",
+        "max_command_length",
+        "maxCommandLength",
+        int(10, 8000),
+        KnobDefault::Int(800),
+        "Most characters of one command (argv joined with single spaces)."
+    ),
+    knob!(
+        Guard,
+        "VPS_REMEDIATE_ALLOWLIST_REGEX",
+        "allowlist_regex",
+        "allowlistRegex",
+        Kind::Regex,
+        KnobDefault::Unset,
+        "If set, every command (argv joined with spaces) must match it."
+    ),
+    knob!(
+        Guard,
+        "VPS_REMEDIATE_BLOCKLIST_REGEX",
+        "blocklist_regex",
+        "blocklistRegex",
+        Kind::Regex,
+        KnobDefault::Unset,
+        "If set, a command (argv joined with spaces) matching it is blocked."
+    ),
+    knob!(
+        Service,
+        "VPS_REMEDIATE_QUEUE_TOKEN",
+        "queue_token",
+        "queueToken",
+        Kind::Secret,
+        KnobDefault::Unset,
+        "Token of the x-remediate-queue-token header (drain, snapshot, replay)."
+    ),
+    knob!(
+        Service,
+        "VPS_REMEDIATE_LISTEN_ADDR",
+        "listen_addr",
+        "listenAddr",
+        Kind::SocketAddr,
+        KnobDefault::Text("127.0.0.1:3035"),
+        "Address the local HTTP service listens on."
+    ),
+    knob!(
+        Service,
+        "VPS_REMEDIATE_SPOOL_DIR",
+        "spool_dir",
+        "spoolDir",
+        Kind::Path,
+        KnobDefault::Text("/var/lib/vps-remediate"),
+        "Root of the local spool (hosts/, runs/, audit/)."
+    ),
+    knob!(
+        Service,
+        "VPS_REMEDIATE_CATALOG",
+        "catalog",
+        "catalog",
+        Kind::CatalogRef,
+        KnobDefault::Text("builtin"),
+        "Action catalog: builtin, demo, or the path of a catalog .toml file."
+    ),
+    knob!(
+        Executor,
+        "VPS_REMEDIATE_HOST_ID",
+        "host_id",
+        "hostId",
+        Kind::Ident,
+        KnobDefault::Unset,
+        "Host id this executor serves (unset: the executor decides, e.g. hostname)."
+    ),
+    knob!(
+        Executor,
+        "VPS_REMEDIATE_EXECUTOR_CONCURRENCY",
+        "executor_concurrency",
+        "concurrency",
+        int(1, 64),
+        KnobDefault::Int(1),
+        "Runs the executor executes at the same time."
+    ),
+    knob!(
+        Executor,
+        "VPS_REMEDIATE_SHUTDOWN_GRACE_SECONDS",
+        "shutdown_grace_seconds",
+        "shutdownGraceSeconds",
+        int(0, 3600),
+        KnobDefault::Int(30),
+        "On shutdown, how long running commands may finish before being killed."
+    ),
+    knob!(
+        Executor,
+        "VPS_REMEDIATE_RETENTION_DONE_DAYS",
+        "retention_done_days",
+        "retentionDoneDays",
+        int(1, 3650),
+        KnobDefault::Int(7),
+        "Finished runs are pruned after this many days."
+    ),
+    knob!(
+        Executor,
+        "VPS_REMEDIATE_RETENTION_DLQ_DAYS",
+        "retention_dlq_days",
+        "retentionDlqDays",
+        int(1, 3650),
+        KnobDefault::Int(30),
+        "Dead-lettered runs are pruned after this many days."
+    ),
+    knob!(
+        Executor,
+        "VPS_REMEDIATE_NOTIFY_WEBHOOK_URL",
+        "notify_webhook_url",
+        "notifyWebhookUrl",
+        Kind::Url,
+        KnobDefault::Unset,
+        "Where notifications (dead letters, approvals) are POSTed; unset: none."
+    ),
+    knob!(
+        Worker,
+        "OPS_WORKER_DRAIN_LIMIT",
+        "worker.drain_limit",
+        "drainLimit",
+        int(1, 50),
+        KnobDefault::Int(5),
+        "Runs one drain call may process."
+    ),
+    knob!(
+        Worker,
+        "OPS_WORKER_INTERVAL_SECONDS",
+        "worker.interval_seconds",
+        "intervalSeconds",
+        int(1, 3600),
+        KnobDefault::Int(15),
+        "Drain worker tick while there is work."
+    ),
+    knob!(
+        Worker,
+        "OPS_WORKER_IDLE_INTERVAL_SECONDS",
+        "worker.idle_interval_seconds",
+        "idleIntervalSeconds",
+        int(1, 3600),
+        KnobDefault::Int(30),
+        "Drain worker tick when idle."
+    ),
+    knob!(
+        Worker,
+        "OPS_WORKER_MAX_BACKOFF_SECONDS",
+        "worker.max_backoff_seconds",
+        "maxBackoffSeconds",
+        int(1, 3600),
+        KnobDefault::Int(120),
+        "Drain worker backoff cap after errors."
+    ),
+    knob!(
+        Worker,
+        "OPS_WORKER_BASE_URL",
+        "worker.base_url",
+        "baseUrl",
+        Kind::Url,
+        KnobDefault::Text("http://127.0.0.1:3035"),
+        "Base URL the drain worker calls."
+    ),
+    knob!(
+        Worker,
+        "OPS_WORKER_TOKEN",
+        "worker.token",
+        "token",
+        Kind::Secret,
+        KnobDefault::Unset,
+        "Drain worker's queue token; falls back to VPS_REMEDIATE_QUEUE_TOKEN."
+    ),
 ];
 
 /// Prefix of the main environment variables.
@@ -384,7 +671,9 @@ impl Knob {
             Kind::Bool => "1/true/yes/on or 0/false/no/off".to_owned(),
             Kind::Choice(words) => format!("one of {}", words.join(", ")),
             Kind::Regex => format!("a regular expression of at most {MAX_REGEX_LEN} characters"),
-            Kind::Secret => format!("at least {MIN_SECRET_LEN} printable ASCII characters, no spaces"),
+            Kind::Secret => {
+                format!("at least {MIN_SECRET_LEN} printable ASCII characters, no spaces")
+            }
             Kind::Url => "an http:// or https:// URL".to_owned(),
             Kind::SocketAddr => "an IP address and port, e.g. 127.0.0.1:3035".to_owned(),
             Kind::Path => "a file-system path".to_owned(),
@@ -567,9 +856,25 @@ fn check_url(t: &str) -> Result<(), String> {
 }
 
 /// One value per knob (aligned with [`KNOBS`]), with the layer that set it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Values {
     pub(crate) entries: Vec<(KnobValue, crate::types::Layer)>,
+}
+
+/// Secrets are redacted: `Loaded` is Debug, and a debug print of the
+/// configuration must never carry the queue token into a log.
+impl std::fmt::Debug for Values {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        for (knob, (value, layer)) in KNOBS.iter().zip(&self.entries) {
+            if knob.is_secret() && *value != KnobValue::Unset {
+                map.entry(&knob.key, &("<redacted>", layer));
+            } else {
+                map.entry(&knob.key, &(value, layer));
+            }
+        }
+        map.finish()
+    }
 }
 
 impl Values {
@@ -577,7 +882,12 @@ impl Values {
         Values {
             entries: KNOBS
                 .iter()
-                .map(|k| (KnobValue::from_default(k.default), crate::types::Layer::Default))
+                .map(|k| {
+                    (
+                        KnobValue::from_default(k.default),
+                        crate::types::Layer::Default,
+                    )
+                })
                 .collect(),
         }
     }
@@ -730,14 +1040,23 @@ mod tests {
             k.coerce(&Raw::Str("3.5".into())),
             Err(Problem::WrongType { .. })
         ));
-        assert!(matches!(k.coerce(&Raw::Float(3.0)), Err(Problem::WrongType { .. })));
-        assert!(matches!(k.coerce(&Raw::Null), Err(Problem::WrongType { .. })));
+        assert!(matches!(
+            k.coerce(&Raw::Float(3.0)),
+            Err(Problem::WrongType { .. })
+        ));
+        assert!(matches!(
+            k.coerce(&Raw::Null),
+            Err(Problem::WrongType { .. })
+        ));
         let (_, tier) = by_env("VPS_REMEDIATE_AUTONOMOUS_MAX_TIER").expect("knob");
         assert_eq!(
             tier.coerce(&Raw::Str("Guarded-Auto".into())),
             Ok(KnobValue::Text("guarded_auto".into()))
         );
-        assert_eq!(tier.coerce(&Raw::Str("all".into())), Err(Problem::NotAllowed));
+        assert_eq!(
+            tier.coerce(&Raw::Str("all".into())),
+            Err(Problem::NotAllowed)
+        );
         let (_, re) = by_env("VPS_REMEDIATE_BLOCKLIST_REGEX").expect("knob");
         assert_eq!(re.coerce(&Raw::Str(String::new())), Ok(KnobValue::Unset));
         assert!(matches!(
@@ -747,6 +1066,9 @@ mod tests {
         let (_, url) = by_env("OPS_WORKER_BASE_URL").expect("knob");
         assert!(url.coerce(&Raw::Str("ftp://x".into())).is_err());
         assert!(url.coerce(&Raw::Str("https://user:pw@x/".into())).is_err());
-        assert!(url.coerce(&Raw::Str("https://ops.example/hook".into())).is_ok());
+        assert!(
+            url.coerce(&Raw::Str("https://ops.example/hook".into()))
+                .is_ok()
+        );
     }
 }

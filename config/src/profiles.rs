@@ -120,11 +120,19 @@ mod tests {
 
     #[test]
     fn profiles_reject_unknown_and_process_wide_keys() {
-        let errs = parse_profile(ProfileName::Strict, "max_retry_atempts = 2\nqueue_token = \"x\"\n")
-            .expect_err("rejected");
+        let errs = parse_profile(
+            ProfileName::Strict,
+            "max_retry_atempts = 2\nqueue_token = \"x\"\n",
+        )
+        .expect_err("rejected");
         assert_eq!(errs.len(), 2);
-        assert!(errs[0].to_string().contains("did you mean max_retry_attempts?"));
-        let errs = parse_profile(ProfileName::Strict, "max_retry_attempts = 99").expect_err("range");
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("did you mean max_retry_attempts?")
+        );
+        let errs =
+            parse_profile(ProfileName::Strict, "max_retry_attempts = 99").expect_err("range");
         assert_eq!(errs[0].code(), "out_of_range");
     }
 }

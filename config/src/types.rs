@@ -74,7 +74,11 @@ pub enum ProfileName {
 
 impl ProfileName {
     /// All profiles.
-    pub const ALL: [ProfileName; 3] = [ProfileName::Strict, ProfileName::Balanced, ProfileName::Rapid];
+    pub const ALL: [ProfileName; 3] = [
+        ProfileName::Strict,
+        ProfileName::Balanced,
+        ProfileName::Rapid,
+    ];
 }
 
 /// Which configuration layer set a value; later layers win.
