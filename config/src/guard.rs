@@ -531,6 +531,9 @@ struct Spec {
     valued: &'static [&'static str],
     /// Valued options whose value must be an absolute path.
     path_valued: &'static [&'static str],
+    /// Valued options whose value is a file mode: plain octal permissions,
+    /// never setuid, setgid or sticky (no setuid copy of a binary).
+    mode_valued: &'static [&'static str],
     /// Short flags may be combined (`-tulpn`).
     clusters: bool,
     /// Options are single-dash words (`find -name`).
@@ -555,6 +558,7 @@ const BASE: Spec = Spec {
     flags: &[],
     valued: &[],
     path_valued: &[],
+    mode_valued: &[],
     clusters: false,
     single_dash_long: false,
     subcommands: &[],
@@ -811,6 +815,7 @@ static SPECS: &[Spec] = &[
             "--target-directory",
         ],
         path_valued: &["-t", "--target-directory"],
+        mode_valued: &["-m", "--mode"],
         positional: Positional::AbsPath,
         dangerous: &[
             ("-s", "runs strip"),
@@ -835,6 +840,7 @@ static SPECS: &[Spec] = &[
         name: "mkdir",
         flags: &["-p", "--parents", "-v", "--verbose"],
         valued: &["-m", "--mode"],
+        mode_valued: &["-m", "--mode"],
         positional: Positional::AbsPath,
         ..BASE
     },
@@ -1204,6 +1210,12 @@ fn is_abs_path(v: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '@' | '/'))
 }
 
+/// `644`, `0750`: three octal digits, optionally after a leading `0`.
+fn is_plain_mode(v: &str) -> bool {
+    let digits = v.strip_prefix('0').filter(|d| d.len() == 3).unwrap_or(v);
+    digits.len() == 3 && digits.chars().all(|c| ('0'..='7').contains(&c))
+}
+
 impl Spec {
     fn dangerous_check(&self, opt: &str) -> Result<(), Denied> {
         let name = self.name;
@@ -1242,6 +1254,15 @@ impl Spec {
             return deny(
                 "bad_path",
                 format!("{} {opt} needs an absolute path, not {value:?}", self.name),
+            );
+        }
+        if self.mode_valued.contains(&opt) && !is_plain_mode(value) {
+            return deny(
+                "bad_mode",
+                format!(
+                    "{} {opt} {value:?}: only octal permissions like 0644, without setuid, setgid or sticky bits",
+                    self.name
+                ),
             );
         }
         Ok(())
@@ -1471,6 +1492,16 @@ mod tests {
             verdict(&["/usr/bin/journalctl", "--no-pager", "-n50"]),
             Ok(())
         );
+    }
+
+    #[test]
+    fn modes_are_plain_permissions() {
+        for ok in ["644", "0644", "0700", "755"] {
+            assert!(is_plain_mode(ok), "{ok}");
+        }
+        for bad in ["4755", "2755", "1777", "u+s", "0", "07555", "0888", ""] {
+            assert!(!is_plain_mode(bad), "{bad}");
+        }
     }
 
     #[test]

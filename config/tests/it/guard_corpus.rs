@@ -288,6 +288,24 @@ const ARGV_BYPASSES: &[(&str, &[&str])] = &[
             "/tmp/b",
         ],
     ),
+    (
+        "install a setuid copy of a shell",
+        &[
+            "/usr/bin/install",
+            "-m",
+            "4755",
+            "/usr/bin/dash",
+            "/tmp/rootsh",
+        ],
+    ),
+    (
+        "install a setuid binary, symbolic mode",
+        &["/usr/bin/install", "--mode=u+s", "/usr/bin/find", "/tmp/f"],
+    ),
+    (
+        "mkdir a sticky world-writable directory",
+        &["/usr/bin/mkdir", "-m", "1777", "/tmp/x"],
+    ),
     ("rm -rf /", &["/usr/bin/rm", "-rf", "/"]),
     ("rm with ../", &["/usr/bin/rm", "-f", "/etc/ssh/../shadow"]),
     ("rm a relative path", &["/usr/bin/rm", "-f", "shadow"]),
