@@ -15,8 +15,8 @@ use crate::types::{Risk, RiskThreshold, Tier};
 /// as 1); overflow saturates to the maximum.
 pub fn retry_delay(attempt: u32, policy: &Policy) -> Duration {
     let exp = attempt.saturating_sub(1);
-    let factor = 1u64.checked_shl(exp).filter(|_| exp < 64);
-    let secs = factor
+    let secs = 1u64
+        .checked_shl(exp)
         .and_then(|f| policy.retry_backoff_seconds.checked_mul(f))
         .unwrap_or(u64::MAX)
         .min(policy.retry_backoff_max_seconds);

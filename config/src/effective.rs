@@ -98,13 +98,17 @@ impl HostPolicyDoc {
                         doc.remediation_guard_overrides = map;
                     }
                 }
-                ENABLED => match value {
-                    serde_json::Value::Bool(b) => doc.enabled = *b,
-                    serde_json::Value::String(s) if knobs::parse_bool(s).is_some() => {
-                        doc.enabled = knobs::parse_bool(s).unwrap_or(true);
+                ENABLED => {
+                    let parsed = match value {
+                        serde_json::Value::Bool(b) => Some(*b),
+                        serde_json::Value::String(s) => knobs::parse_bool(s),
+                        _ => None,
+                    };
+                    match parsed {
+                        Some(b) => doc.enabled = b,
+                        None => errors.push(field_error(ENABLED, "must be a boolean")),
                     }
-                    _ => errors.push(field_error(ENABLED, "must be a boolean")),
-                },
+                }
                 other => errors.push(field_error(
                     other,
                     "unknown field; allowed: remediationPolicyProfile, remediationPolicyOverrides, remediationGuardOverrides, enabled",

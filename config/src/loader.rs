@@ -79,7 +79,13 @@ impl Loader {
             }
         };
         let file_origin = file.as_deref().map(file_origin).unwrap_or_default();
-        let file_known = known_file_keys(&file_table, &file_origin, &mut warnings, &mut errors);
+        let file_known = known_file_keys(
+            &file_table,
+            file.as_deref(),
+            &file_origin,
+            &mut warnings,
+            &mut errors,
+        );
         warnings.extend(unknown_env_vars());
 
         let figment = Figment::new()
@@ -245,6 +251,7 @@ fn defaults_dict() -> Dict {
 /// Keep the file's known keys for figment; warn about the others.
 fn known_file_keys(
     table: &toml::Table,
+    path: Option<&Path>,
     origin: &str,
     warnings: &mut Vec<ConfigWarning>,
     errors: &mut Vec<ConfigError>,
@@ -261,7 +268,7 @@ fn known_file_keys(
         if key == "worker" {
             let Some(sub) = value.as_table() else {
                 errors.push(ConfigError::ConfigFile {
-                    path: origin.trim_start_matches("config file ").into(),
+                    path: path.map(Path::to_path_buf).unwrap_or_default(),
                     reason: "`worker` must be a table of OPS_WORKER_* settings".to_owned(),
                 });
                 continue;

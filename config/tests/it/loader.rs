@@ -456,3 +456,19 @@ fn empty_values_unset_optional_knobs_only() {
         Ok(())
     });
 }
+
+#[test]
+fn a_worker_key_that_is_not_a_table_is_an_error() {
+    jail(|jail| {
+        jail.create_file("w.toml", "worker = 5\n")?;
+        let err = Loader::new()
+            .config_file(Some("w.toml".into()))
+            .load()
+            .expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            "config file w.toml: `worker` must be a table of OPS_WORKER_* settings"
+        );
+        Ok(())
+    });
+}
