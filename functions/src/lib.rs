@@ -34,6 +34,10 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Validated settings and profiles (figment layers).
+    pub loaded: Arc<remediate_config::Loaded>,
+    /// The action catalog.
+    pub catalog: Arc<remediate_config::Catalog>,
     pub auth: AuthConfig,
     /// How long a drain waits for the executor's outcomes.
     pub drain_wait: Duration,

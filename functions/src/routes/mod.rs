@@ -7,9 +7,11 @@ use crate::SharedState;
 
 pub mod drain;
 pub mod health;
+pub mod hosts;
 pub mod hygiene;
 pub mod notify;
 pub mod queue;
+pub mod remediate;
 pub mod replay;
 pub mod session;
 pub mod workflow;
@@ -18,6 +20,11 @@ pub fn router() -> Router<SharedState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
+        .route("/api/remediate", post(remediate::remediate))
+        .route(
+            "/api/hosts/{host_id}",
+            get(hosts::get_host).put(hosts::put_host),
+        )
         .route("/api/auth/login", post(session::login))
         .route("/api/auth/logout", post(session::logout))
         .route(

@@ -4,5 +4,6 @@
 
 mod handlers;
 mod matrix;
+mod remediate;
 mod server;
 mod util;

@@ -47,6 +47,7 @@ pub fn start() -> Server {
         .arg(dir.path().join("session.key"))
         .args(["--drain-wait-seconds", "1"])
         .env("VPS_REMEDIATE_QUEUE_TOKEN", QUEUE)
+        .env("VPS_REMEDIATE_CATALOG", "demo")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()

@@ -17,7 +17,7 @@ pub const VIEWER: &str = "viewer-token";
 pub const OPS: &str = "ops-token";
 pub const ADMIN: &str = "admin-token";
 pub const OPS_B: &str = "ops-host-b-token";
-pub const QUEUE: &str = "queue-token";
+pub const QUEUE: &str = "queue-token-0123456789abcdef";
 pub const SESSION_KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
 pub fn tokens() -> Vec<TokenEntry> {
@@ -57,6 +57,8 @@ impl Api {
         let spool = LocalSpool::open(dir.path().join("spool")).unwrap();
         let state = Arc::new(AppState {
             store: Arc::new(spool.clone()),
+            loaded: Arc::new(remediate_config::Loaded::defaults()),
+            catalog: Arc::new(remediate_config::Catalog::demo()),
             auth: auth(),
             drain_wait,
             notify_url: None,
@@ -91,6 +93,17 @@ impl Api {
     pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
         self.send(
             Request::post(path)
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.send(
+            Request::put(path)
                 .header("authorization", format!("Bearer {token}"))
                 .header("content-type", "application/json")
                 .body(Body::from(body.to_string()))

@@ -1,0 +1,452 @@
+//! `POST /api/remediate`: `mode` plan (default), dry-run, execute or
+//! drain-queue, as the original: `{hostId, actionId, params, confirmPhrase =
+//! "EXECUTE <actionId>", limit}`. Plan and dry-run render the action and
+//! run the guard; execute passes the gates (active run, hourly limit,
+//! cooldown, backlogs, a fresh dry-run) and queues a run for the host's
+//! executor. Nothing here runs a command.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use remediate_config::{
+    Action, Effective, ExecuteGateInput, HostPolicyDoc, RenderContext, RenderedAction, SkipReason,
+    approval_required, canary_bucket, canary_percent, canary_selected, effective_policy,
+    execute_gate,
+};
+use remediate_spool::{ActivityKind, Bucket, HostId, IdemKey, ListQuery, NewRun};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{Need, Principal, Role};
+use crate::error::{ApiError, ApiResult};
+use crate::items::item;
+use crate::routes::clamp_limit;
+use crate::routes::drain::drain_runs;
+use crate::{AppState, Ctx, SharedState, audit, parse_json};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Remediate {
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    host_id: Option<String>,
+    #[serde(default)]
+    action_id: Option<String>,
+    #[serde(default)]
+    params: serde_json::Map<String, Value>,
+    #[serde(default)]
+    confirm_phrase: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+pub async fn remediate(
+    State(st): State<SharedState>,
+    ctx: Ctx,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    // Plan is a read; everything else changes something.
+    let req: Remediate = match ctx.auth(&st, Need::VIEWER) {
+        Ok(_) => parse_json(&body)?,
+        Err(e) => return Err(e),
+    };
+    let mode = req.mode.clone().unwrap_or_else(|| "plan".into());
+    let need = if mode == "plan" {
+        Need::VIEWER
+    } else {
+        Need::OPS
+    };
+    let who = ctx.auth(&st, need)?;
+    match mode.as_str() {
+        "drain-queue" => {
+            let limit = clamp_limit(req.limit, 5, 1, 50);
+            let drained = drain_runs(&st, &who, limit).await?;
+            if !drained.is_empty() {
+                audit(
+                    &st,
+                    &ctx,
+                    &who,
+                    "drain",
+                    None,
+                    json!({ "limit": limit, "runs": drained.len() }),
+                )
+                .await?;
+            }
+            Ok(Json(
+                json!({ "ok": true, "mode": "drain-queue", "drained": drained }),
+            ))
+        }
+        "plan" | "dry-run" | "execute" => {
+            let target = Target::resolve(&st, &who, &req).await?;
+            match mode.as_str() {
+                "plan" => Ok(Json(plan(&st, &target, &req))),
+                "dry-run" => dry_run(&st, &ctx, &who, &target, &req).await,
+                _ => execute(&st, &ctx, &who, &target, &req).await,
+            }
+        }
+        other => Err(ApiError::bad_request(
+            "invalid_mode",
+            format!("mode must be plan, dry-run, execute or drain-queue, got {other:?}"),
+        )),
+    }
+}
+
+/// A host, its effective policy and (for dry-run and execute) an action.
+struct Target {
+    host: HostId,
+    effective: Effective,
+    action: Option<Action>,
+}
+
+impl Target {
+    async fn resolve(st: &AppState, who: &Principal, req: &Remediate) -> ApiResult<Target> {
+        let host_str = req
+            .host_id
+            .as_deref()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| ApiError::bad_request("host_id_required", "hostId is required"))?;
+        let host = HostId::parse(host_str)
+            .map_err(|e| ApiError::bad_request("invalid_host_id", e.to_string()))?;
+        if !who.may_touch(host.as_str()) {
+            return Err(ApiError::forbidden(format!(
+                "token {:?} may not act on host {host}",
+                who.name
+            )));
+        }
+        let doc = st.store.get_host_doc(&host).await?.ok_or_else(|| {
+            ApiError::not_found(
+                "host_not_found",
+                format!("host {host} is not registered; an admin registers it with PUT /api/hosts/{host}"),
+            )
+        })?;
+        let doc = HostPolicyDoc::from_json(&doc).map_err(|e| {
+            tracing::error!(host_id = %host, error = %e, "stored host document is invalid");
+            ApiError::internal()
+        })?;
+        let effective = effective_policy(&st.loaded, &doc).map_err(|e| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_host_policy",
+                format!("host {host}'s policy is invalid: {e}"),
+            )
+        })?;
+        let action = match req.action_id.as_deref().filter(|a| !a.is_empty()) {
+            Some(id) => Some(st.catalog.get(id).cloned().ok_or_else(|| {
+                ApiError::not_found(
+                    "action_not_found",
+                    format!("action {id:?} is not in the catalog"),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Target {
+            host,
+            effective,
+            action,
+        })
+    }
+
+    fn action(&self) -> ApiResult<&Action> {
+        self.action
+            .as_ref()
+            .ok_or_else(|| ApiError::bad_request("action_id_required", "actionId is required"))
+    }
+}
+
+/// Renders an action for the host and runs the guard over every command,
+/// canary check and rollback command.
+fn render(
+    t: &Target,
+    action: &Action,
+    params: &serde_json::Map<String, Value>,
+) -> ApiResult<RenderedAction> {
+    let rendered = action
+        .render(params, &RenderContext::new("preview", 1))
+        .map_err(|issues| {
+            ApiError::bad_request(
+                "invalid_params",
+                format!("parameters of {} are invalid", action.id),
+            )
+            .with(json!({ "issues": issues }))
+        })?;
+    remediate_config::guard::check_action(&rendered, &t.effective.guard).map_err(|issues| {
+        ApiError::bad_request(
+            "guard_blocked",
+            format!("the command guard refuses {}", action.id),
+        )
+        .with(json!({ "profile": t.effective.profile, "issues": issues }))
+    })?;
+    Ok(rendered)
+}
+
+fn action_view(t: &Target, a: &Action, params: &serde_json::Map<String, Value>) -> Value {
+    let p = &t.effective.policy;
+    let (rendered, guard) = match a.render(params, &RenderContext::new("preview", 1)) {
+        Ok(r) => {
+            let g = match remediate_config::guard::check_action(&r, &t.effective.guard) {
+                Ok(()) => json!({ "allowed": true, "issues": [] }),
+                Err(issues) => json!({ "allowed": false, "issues": issues }),
+            };
+            (json!(r), g)
+        }
+        Err(issues) => (
+            Value::Null,
+            json!({ "allowed": false, "paramIssues": issues }),
+        ),
+    };
+    json!({
+        "actionId": a.id,
+        "title": a.title,
+        "risk": a.risk,
+        "tier": a.tier,
+        "idempotent": a.idempotent,
+        "params": a.params,
+        "rendered": rendered,
+        "guard": guard,
+        "approvalRequired": approval_required(a.risk, a.tier, p.approval_risk_threshold),
+        "canary": {
+            "percent": canary_percent(a.tier, p),
+            "bucket": canary_bucket(t.host.as_str(), &a.id),
+            "selected": canary_selected(t.host.as_str(), &a.id, a.tier, p),
+            "checks": a.canary_checks.len(),
+        },
+        "rollback": { "armed": p.auto_rollback && !a.rollback.is_empty(), "commands": a.rollback.len() },
+        "confirmPhrase": format!("EXECUTE {}", a.id),
+    })
+}
+
+fn plan(st: &AppState, t: &Target, req: &Remediate) -> Value {
+    let actions: Vec<Value> = match &t.action {
+        Some(a) => vec![action_view(t, a, &req.params)],
+        None => st
+            .catalog
+            .actions()
+            .iter()
+            .map(|a| action_view(t, a, &a.example_params()))
+            .collect(),
+    };
+    json!({
+        "ok": true,
+        "mode": "plan",
+        "hostId": t.host,
+        "profile": t.effective.profile,
+        "enabled": t.effective.enabled,
+        "actions": actions,
+    })
+}
+
+async fn dry_run(
+    st: &AppState,
+    ctx: &Ctx,
+    who: &Principal,
+    t: &Target,
+    req: &Remediate,
+) -> ApiResult<Json<Value>> {
+    let a = t.action()?;
+    let rendered = render(t, a, &req.params)?;
+    st.store
+        .record_activity(&t.host, ActivityKind::DryRun, &a.id)
+        .await?;
+    audit(
+        st,
+        ctx,
+        who,
+        "dry-run",
+        None,
+        json!({ "hostId": t.host, "actionId": a.id }),
+    )
+    .await?;
+    Ok(Json(json!({
+        "ok": true,
+        "mode": "dry-run",
+        "hostId": t.host,
+        "actionId": a.id,
+        "rendered": rendered,
+        "plan": action_view(t, a, &req.params),
+        "validForMinutes": t.effective.policy.dry_run_max_age_minutes,
+    })))
+}
+
+fn gate_error(reason: SkipReason, active: Option<&str>) -> ApiError {
+    let code = reason.code();
+    let msg = reason.to_string();
+    match reason {
+        SkipReason::AlreadyActive => {
+            ApiError::conflict(code, msg).with(json!({ "runningRunId": active }))
+        }
+        SkipReason::DryRunMissing | SkipReason::DryRunStale { .. } => ApiError::conflict(
+            code,
+            format!("{msg}: run mode \"dry-run\" for this host and action first"),
+        ),
+        SkipReason::CooldownActive { remaining_seconds } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, msg)
+                .with(json!({ "retryAfterSeconds": remaining_seconds }))
+        }
+        SkipReason::ExecuteHourlyLimit { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, msg)
+                .with(json!({ "retryAfterSeconds": 3600 }))
+        }
+        _ => ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, msg)
+            .with(json!({ "retryAfterSeconds": 60 })),
+    }
+}
+
+async fn execute(
+    st: &AppState,
+    ctx: &Ctx,
+    who: &Principal,
+    t: &Target,
+    req: &Remediate,
+) -> ApiResult<Json<Value>> {
+    let a = t.action()?;
+    let expected = format!("EXECUTE {}", a.id);
+    if req.confirm_phrase.as_deref() != Some(expected.as_str()) {
+        return Err(ApiError::bad_request(
+            "confirm_phrase_mismatch",
+            format!("confirmPhrase must be {expected:?}"),
+        )
+        .with(json!({ "expected": expected })));
+    }
+    if !t.effective.enabled {
+        return Err(ApiError::conflict(
+            "host_disabled",
+            format!("host {} is disabled", t.host),
+        ));
+    }
+    let rendered = render(t, a, &req.params)?;
+    let p = &t.effective.policy;
+    let now = chrono::Utc::now();
+    // Gate inputs from the store.
+    let active = st
+        .store
+        .list(ListQuery {
+            host: Some(t.host.clone()),
+            buckets: vec![
+                Bucket::Queued,
+                Bucket::RetryScheduled,
+                Bucket::Held,
+                Bucket::Running,
+            ],
+            limit: 10_000,
+        })
+        .await?;
+    let active_run = active
+        .iter()
+        .find(|r| r.action_key == a.id)
+        .map(|r| r.run_id.to_string());
+    let host_backlog = active
+        .iter()
+        .filter(|r| !r.state.is_terminal() && r.state != remediate_spool::RunState::Running)
+        .count();
+    let all = st.store.counts(None).await?;
+    let global_backlog = all.queued + all.retry_scheduled + all.held;
+    let activity = st.store.host_activity(&t.host).await?;
+    let hour_ago = now - chrono::Duration::hours(1);
+    let executes_last_hour = activity.executes.iter().filter(|e| e.at > hour_ago).count() as u32;
+    let since = |at: chrono::DateTime<chrono::Utc>| (now - at).to_std().unwrap_or(Duration::ZERO);
+    let since_last_execute = activity
+        .executes
+        .iter()
+        .filter(|e| e.action == a.id)
+        .map(|e| e.at)
+        .max()
+        .map(since);
+    let dry_run_age = activity.dry_runs.get(&a.id).copied().map(since);
+    let gate = ExecuteGateInput {
+        policy: p,
+        active_run: active_run.is_some(),
+        executes_last_hour,
+        since_last_execute,
+        host_backlog: host_backlog as u32,
+        global_backlog: global_backlog as u32,
+        dry_run_age,
+    };
+    execute_gate(&gate).map_err(|r| gate_error(r, active_run.as_deref()))?;
+    let needs_approval = approval_required(a.risk, a.tier, p.approval_risk_threshold);
+    let ttl = chrono::Duration::from_std(p.queue_ttl()).unwrap_or(chrono::Duration::hours(2));
+    let key = match req.idempotency_key.as_deref() {
+        Some(k) => Some(
+            IdemKey::parse(k)
+                .map_err(|e| ApiError::bad_request("invalid_idempotency_key", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let new = NewRun {
+        host_id: t.host.clone(),
+        action_key: a.id.clone(),
+        params: rendered.params.clone().into_iter().collect(),
+        requested_by: who.name.clone(),
+        idempotency_key: key,
+        max_attempts: p.max_retry_attempts,
+        expires_at: Some(now + ttl),
+        idempotent: a.idempotent,
+        approval_required: needs_approval,
+        canary: remediate_spool::Canary {
+            percent: canary_percent(a.tier, p),
+            bucket: canary_bucket(t.host.as_str(), &a.id),
+            selected: canary_selected(t.host.as_str(), &a.id, a.tier, p),
+            checks: a.canary_checks.len() as u32,
+            passed: None,
+        },
+        rollback: remediate_spool::Rollback {
+            armed: p.auto_rollback && !a.rollback.is_empty(),
+            attempted: false,
+            succeeded: None,
+        },
+        auto_queued: false,
+        auto_reason: None,
+        auto_tier: None,
+        risk: Some(
+            serde_json::to_value(a.risk)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        ),
+        tier: Some(
+            serde_json::to_value(a.tier)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        ),
+    };
+    let enq = st.store.enqueue(new).await?;
+    if enq.created {
+        st.metrics
+            .enqueues
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        st.store
+            .record_activity(&t.host, ActivityKind::Execute, &a.id)
+            .await?;
+    }
+    let auto_drain = p.queue_autodrain;
+    let mut drain_triggered = false;
+    if auto_drain && !needs_approval && enq.created {
+        st.store.request_drain(&t.host, 1).await?;
+        drain_triggered = true;
+    }
+    audit(
+        st,
+        ctx,
+        who,
+        "execute",
+        Some(enq.record.run_id.as_str()),
+        json!({ "hostId": t.host, "actionId": a.id, "created": enq.created, "approvalRequired": needs_approval }),
+    )
+    .await?;
+    let _ = Role::Ops;
+    Ok(Json(json!({
+        "ok": true,
+        "mode": "execute",
+        "run": item(&enq.record, false),
+        "created": enq.created,
+        "queued": true,
+        "approvalRequired": needs_approval,
+        "queue": { "autoDrain": auto_drain, "drainTriggered": drain_triggered },
+    })))
+}
