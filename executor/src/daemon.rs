@@ -127,6 +127,15 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
             None
         }
     };
+    // Drain requests from the HTTP side land in control/.
+    let control = match DirWatch::new(&deps.spool.control_path()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch control/: drain requests wait for the rescan");
+            None
+        }
+    };
+    let mut boost = take_drain(&deps);
     tracing::info!(
         host_id = %deps.host,
         concurrency,
@@ -148,7 +157,8 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
         // Claim while there is room.
         let mut taken = 0;
         let mut store_error = false;
-        while inflight.len() < concurrency && taken < drain_limit {
+        let limit = drain_limit.max(boost.take().unwrap_or(0));
+        while inflight.len() < concurrency && taken < limit {
             let busy_actions: Vec<String> = busy.values().cloned().collect();
             match deps.spool.claim_next(&deps.host, busy_actions).await {
                 Ok(Some(run)) => {
@@ -183,7 +193,7 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
         let now = Instant::now();
         let wake_at = match error_backoff {
             Some(d) => now + d,
-            None if inflight.len() < concurrency && taken == drain_limit => now,
+            None if inflight.len() < concurrency && taken == limit => now,
             None => match deps.spool.next_due(&deps.host).await {
                 Ok(Some(due)) => {
                     let until = due - deps.spool.now();
@@ -211,6 +221,12 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "inotify read failed");
                 }
+            }
+            r = async { match &control { Some(w) => w.changed().await, None => std::future::pending().await } } => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "inotify read failed on control/");
+                }
+                boost = take_drain(&deps);
             }
             _ = tokio::time::sleep_until(wake_at) => {}
         }
@@ -260,6 +276,21 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
     }
     tracing::info!("executor stopped");
     Ok(stopped)
+}
+
+/// Takes this host's pending drain requests: the largest limit asked for.
+fn take_drain(deps: &Deps) -> Option<usize> {
+    match deps.spool.take_drain_requests(&deps.host) {
+        Ok(Some(limit)) => {
+            tracing::info!(limit, "drain requested");
+            usize::try_from(limit).ok()
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read drain requests");
+            None
+        }
+    }
 }
 
 type Joined =

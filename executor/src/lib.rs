@@ -9,13 +9,18 @@
 //! - [`outcome`]: the pure retry / dead-letter decision;
 //! - [`daemon`]: the claim loop (inotify + due timer + safety rescan),
 //!   recovery, shutdown; [`daemon::drain_once`] for `once`;
-//! - [`plan`]: what the daemon asks of policy and catalog ([`plan::Planner`]).
+//! - [`plan`]: what the daemon asks of policy and catalog ([`plan::Planner`]);
+//!   [`config_planner`] answers it from the config crate and the host's
+//!   policy document;
+//! - [`queue`]: `queue list|show|flush` for an operator on the host.
 
 pub mod attempt;
+pub mod config_planner;
 pub mod daemon;
 pub mod error;
 pub mod outcome;
 pub mod plan;
+pub mod queue;
 pub mod runner;
 pub mod watch;
 

@@ -13,9 +13,10 @@
 //!   are kept, and a visible mark says how much was dropped;
 //! - secrets are redacted from everything kept (output and argv).
 
+use std::collections::HashSet;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -115,16 +116,49 @@ impl Executed {
 /// grace period). `false` until thrown.
 pub type KillSwitch = watch::Receiver<bool>;
 
+/// Process groups of commands running now, so that an immediate exit (a
+/// second SIGTERM) can still kill them: see [`kill_all_groups`].
+static LIVE_GROUPS: LazyLock<Mutex<HashSet<i32>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+
+fn live_groups() -> std::sync::MutexGuard<'static, HashSet<i32>> {
+    // The set is only a list of ids: a panic elsewhere leaves it usable.
+    LIVE_GROUPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// SIGKILLs the process group of every command running now. For an
+/// immediate exit, when there is no time left to wait for them.
+pub fn kill_all_groups() -> usize {
+    let groups: Vec<i32> = live_groups().iter().copied().collect();
+    for pg in &groups {
+        let _ = killpg(Pid::from_raw(*pg), Signal::SIGKILL);
+    }
+    groups.len()
+}
+
 /// Kills the process group if the run is dropped half-way (task aborted,
 /// runtime shutting down), so no command outlives the runner.
 struct GroupGuard {
     pgid: Option<Pid>,
+    registered: Option<i32>,
+}
+
+impl GroupGuard {
+    fn new(pgid: Option<Pid>) -> GroupGuard {
+        let registered = pgid.map(|p| p.as_raw());
+        if let Some(pg) = registered {
+            live_groups().insert(pg);
+        }
+        GroupGuard { pgid, registered }
+    }
 }
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pg) = self.pgid.take() {
             let _ = killpg(pg, Signal::SIGKILL);
+        }
+        if let Some(pg) = self.registered.take() {
+            live_groups().remove(&pg);
         }
     }
 }
@@ -199,7 +233,7 @@ pub async fn run_command(
         .id()
         .and_then(|p| i32::try_from(p).ok())
         .map(Pid::from_raw);
-    let mut guard = GroupGuard { pgid };
+    let mut guard = GroupGuard::new(pgid);
 
     let cap = cfg.max_buffer_bytes;
     // Thrown when the group is dead but a pipe is still open (held by a

@@ -121,3 +121,29 @@ async fn one_active_run_per_action_even_with_concurrency() {
     assert_eq!(env.get(&b).state, RunState::Queued);
     d.shutdown().await;
 }
+
+#[tokio::test]
+async fn flushed_retries_run_at_once_and_drain_requests_are_consumed() {
+    let env = Env::new();
+    env.planner
+        .set_backoff(Duration::from_secs(3600), Duration::from_secs(3600));
+    let mut d = Daemon::start(&env, no_rescan());
+    let id = env.enqueue(env.new_run("fail-once"));
+    assert!(matches!(d.next_event().await, (ref i, RunEnd::RetryScheduled(_)) if *i == id));
+    // Due in an hour; flushing makes it due now. The drain request (as the
+    // HTTP drain route sends it) is taken from control/ by the daemon.
+    assert_eq!(
+        env.spool.flush_retries_blocking(&env.host).expect("flush"),
+        1
+    );
+    env.spool
+        .request_drain_blocking(&env.host, 5)
+        .expect("drain request");
+    assert_eq!(d.next_event().await, (id.clone(), RunEnd::Succeeded));
+    d.shutdown().await;
+    // The request was consumed.
+    let left = std::fs::read_dir(env.spool.control_path())
+        .expect("control dir")
+        .count();
+    assert_eq!(left, 0);
+}
