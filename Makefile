@@ -4,10 +4,13 @@ CARGO ?= cargo
 # Targets of each part live beside it (infra/*.mk) and are listed by help too.
 -include infra/*.mk
 
-.PHONY: help test lint fmt bench bench-spool doc clean
+.PHONY: help dev test lint fmt bench bench-spool doc clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+dev: ## Start the whole system locally: API on 127.0.0.1:3035, executor, ./var spool, demo catalog, a printed token
+	infra/dev/run.sh
 
 test: ## Run every test of the workspace (the README's test command)
 	$(CARGO) test --workspace --locked
