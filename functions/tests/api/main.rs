@@ -2,6 +2,7 @@
 //! authorisation matrix, and the real server process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod e2e;
 mod handlers;
 mod matrix;
 mod remediate;

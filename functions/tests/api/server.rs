@@ -22,6 +22,11 @@ impl Drop for Server {
 }
 
 pub fn start() -> Server {
+    start_with(&[])
+}
+
+/// Starts the server with extra environment variables.
+pub fn start_with(env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut toml = String::new();
     for t in tokens() {
@@ -49,6 +54,7 @@ pub fn start() -> Server {
         .env("VPS_REMEDIATE_QUEUE_TOKEN", QUEUE)
         .env("VPS_REMEDIATE_CATALOG", "demo")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
