@@ -14,6 +14,7 @@ pub mod queue;
 pub mod remediate;
 pub mod replay;
 pub mod session;
+pub mod signals;
 pub mod workflow;
 
 pub fn router() -> Router<SharedState> {
@@ -25,6 +26,7 @@ pub fn router() -> Router<SharedState> {
             "/api/hosts/{host_id}",
             get(hosts::get_host).put(hosts::put_host),
         )
+        .route("/api/hosts/{host_id}/signals", post(signals::report))
         .route("/api/auth/login", post(session::login))
         .route("/api/auth/logout", post(session::logout))
         .route(

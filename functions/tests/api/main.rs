@@ -7,4 +7,5 @@ mod handlers;
 mod matrix;
 mod remediate;
 mod server;
+mod signals;
 mod util;

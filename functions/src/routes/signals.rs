@@ -1,0 +1,438 @@
+//! `POST /api/hosts/{hostId}/signals` (ops): a host reports what it observed
+//! (signal codes such as `ssh_failed_password`), and the autonomous planner
+//! decides, code by code, whether to queue the catalog's action for it.
+//!
+//! Each code maps to the first action listing it as a trigger, else the
+//! catalog's fallback. The action is queued only when every gate of
+//! [`autonomous_gate`] passes, with counts taken from the store: the host's
+//! and the global backlog, active runs of the action, runs queued earlier in
+//! this request (the cycle), auto-queued runs of the host in the last hour,
+//! the cooldown since the action last ran, and the guard over the action
+//! rendered with its example parameters. Otherwise the answer names the
+//! [`SkipReason`]. A queued run is marked `autoQueued`, with the signal code
+//! as `autoReason` and the tier as `autoTier`; approval, canary and rollback
+//! are set as for an operator's execute.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use remediate_config::{
+    Action, GateInput, HostPolicyDoc, RenderContext, SkipReason, approval_required,
+    autonomous_gate, canary_bucket, canary_percent, canary_selected, effective_policy,
+};
+use remediate_spool::{Bucket, HostId, IdemKey, ListQuery, NewRun, RunRecord, RunState};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::Need;
+use crate::error::{ApiError, ApiResult};
+use crate::items::item;
+use crate::{Ctx, SharedState, audit, parse_json};
+
+/// Most signals one report may carry.
+pub const MAX_SIGNALS: usize = 50;
+const MAX_CODE_LEN: usize = 64;
+const MAX_DETAIL_LEN: usize = 1000;
+const MAX_CYCLE_LEN: usize = 64;
+
+/// What a host reports.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct SignalReport {
+    /// What the host observed, in order; 1 to 50 signals.
+    #[schemars(length(min = 1, max = 50))]
+    signals: Vec<Signal>,
+    /// The host's planning cycle, echoed and audited; a repeated report of
+    /// the same cycle finds the runs it queued instead of queueing again.
+    #[serde(default)]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9_:@-][A-Za-z0-9_.:@-]*$")
+    )]
+    cycle_id: Option<String>,
+}
+
+/// One observation.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Signal {
+    /// The signal code, matched against the catalog's trigger codes.
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_.:-]+$"))]
+    code: String,
+    /// Free text for people (at most 1000 characters); echoed, never executed.
+    #[serde(default)]
+    #[schemars(length(max = 1000))]
+    detail: Option<String>,
+}
+
+fn validate(r: &SignalReport) -> ApiResult<()> {
+    if r.signals.is_empty() {
+        return Err(ApiError::bad_request(
+            "signals_required",
+            "signals must hold at least one {code}",
+        ));
+    }
+    if r.signals.len() > MAX_SIGNALS {
+        return Err(ApiError::bad_request(
+            "too_many_signals",
+            format!(
+                "at most {MAX_SIGNALS} signals per report, got {}",
+                r.signals.len()
+            ),
+        ));
+    }
+    for (i, s) in r.signals.iter().enumerate() {
+        let ok = !s.code.is_empty()
+            && s.code.len() <= MAX_CODE_LEN
+            && s.code
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        if !ok {
+            return Err(ApiError::bad_request(
+                "invalid_signal_code",
+                format!("signals[{i}].code must be 1-{MAX_CODE_LEN} of A-Z a-z 0-9 _ . : -"),
+            )
+            .with(json!({ "field": format!("signals[{i}].code") })));
+        }
+        if s.detail
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > MAX_DETAIL_LEN)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_signal_detail",
+                format!("signals[{i}].detail is longer than {MAX_DETAIL_LEN} characters"),
+            )
+            .with(json!({ "field": format!("signals[{i}].detail") })));
+        }
+    }
+    if let Some(c) = &r.cycle_id
+        && (c.len() > MAX_CYCLE_LEN || IdemKey::parse(c).is_err())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_cycle_id",
+            format!(
+                "cycleId must be 1-{MAX_CYCLE_LEN} of A-Z a-z 0-9 - _ . : @, not starting with a dot"
+            ),
+        )
+        .with(json!({ "field": "cycleId" })));
+    }
+    Ok(())
+}
+
+/// What the store says about the host when the report arrives; updated as
+/// this request queues runs, so later signals see earlier ones.
+struct Counts {
+    host_backlog: u32,
+    global_backlog: u32,
+    active: BTreeSet<String>,
+    auto_last_hour: u32,
+    /// Latest start (operator execute or auto-queue) of each action.
+    last_start: BTreeMap<String, DateTime<Utc>>,
+    queued_this_cycle: u32,
+}
+
+fn is_active(r: &RunRecord) -> bool {
+    matches!(
+        r.state,
+        RunState::Queued | RunState::Held | RunState::Running
+    )
+}
+
+async fn counts(st: &SharedState, host: &HostId, now: DateTime<Utc>) -> ApiResult<Counts> {
+    // Every run of the host but corrupt ones (never executed): the hourly
+    // count must see auto-queued runs that have already finished.
+    let buckets = Bucket::ALL
+        .into_iter()
+        .filter(|b| *b != Bucket::Corrupt)
+        .collect();
+    let runs = st
+        .store
+        .list(ListQuery {
+            host: Some(host.clone()),
+            buckets,
+            limit: 100_000,
+        })
+        .await?;
+    let hour_ago = now - chrono::Duration::hours(1);
+    let mut c = Counts {
+        host_backlog: 0,
+        global_backlog: 0,
+        active: BTreeSet::new(),
+        auto_last_hour: 0,
+        last_start: BTreeMap::new(),
+        queued_this_cycle: 0,
+    };
+    for r in &runs {
+        if is_active(r) {
+            c.active.insert(r.action_key.clone());
+            if r.state != RunState::Running {
+                c.host_backlog += 1;
+            }
+        }
+        if r.auto_queued {
+            if r.requested_at > hour_ago {
+                c.auto_last_hour += 1;
+            }
+            let e = c
+                .last_start
+                .entry(r.action_key.clone())
+                .or_insert(r.requested_at);
+            *e = (*e).max(r.requested_at);
+        }
+    }
+    let activity = st.store.host_activity(host).await?;
+    for e in &activity.executes {
+        let x = c.last_start.entry(e.action.clone()).or_insert(e.at);
+        *x = (*x).max(e.at);
+    }
+    let all = st.store.counts(None).await?;
+    c.global_backlog =
+        u32::try_from(all.queued + all.retry_scheduled + all.held).unwrap_or(u32::MAX);
+    Ok(c)
+}
+
+fn word<T: serde::Serialize>(v: T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn skip(reason: &SkipReason) -> Value {
+    let mut v = serde_json::to_value(reason).unwrap_or_else(|_| json!({ "code": reason.code() }));
+    if let Value::Object(m) = &mut v {
+        m.insert("message".into(), json!(reason.to_string()));
+    }
+    v
+}
+
+/// Renders the action with its example parameters and runs the guard;
+/// `Err` holds the issues (parameter or guard) that block it.
+fn guard_issues(
+    a: &Action,
+    guard: &remediate_config::GuardPolicy,
+) -> Result<BTreeMap<String, Value>, Value> {
+    let rendered = a
+        .render(&a.example_params(), &RenderContext::new("preview", 1))
+        .map_err(|issues| json!({ "paramIssues": issues }))?;
+    remediate_config::guard::check_action(&rendered, guard)
+        .map_err(|issues| json!({ "issues": issues }))?;
+    Ok(rendered.params.clone().into_iter().collect())
+}
+
+pub async fn report(
+    State(st): State<SharedState>,
+    ctx: Ctx,
+    Path(host): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let who = ctx.auth(&st, Need::OPS)?;
+    let host = HostId::parse(&host)
+        .map_err(|e| ApiError::bad_request("invalid_host_id", e.to_string()))?;
+    if !who.may_touch(host.as_str()) {
+        return Err(ApiError::forbidden(format!(
+            "token {:?} may not act on host {host}",
+            who.name
+        )));
+    }
+    let req: SignalReport = parse_json(&body)?;
+    validate(&req)?;
+    let doc = st.store.get_host_doc(&host).await?.ok_or_else(|| {
+        ApiError::not_found(
+            "host_not_found",
+            format!(
+                "host {host} is not registered; an admin registers it with PUT /api/hosts/{host}"
+            ),
+        )
+    })?;
+    let doc = HostPolicyDoc::from_json(&doc).map_err(|e| {
+        tracing::error!(host_id = %host, error = %e, "stored host document is invalid");
+        ApiError::internal()
+    })?;
+    let eff = effective_policy(&st.loaded, &doc).map_err(|e| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_host_policy",
+            format!("host {host}'s policy is invalid: {e}"),
+        )
+    })?;
+    if !eff.enabled {
+        return Err(ApiError::conflict(
+            "host_disabled",
+            format!("host {host} is disabled"),
+        ));
+    }
+    let p = &eff.policy;
+    let now = Utc::now();
+    let mut c = counts(&st, &host, now).await?;
+    let ttl = chrono::Duration::from_std(p.queue_ttl()).unwrap_or(chrono::Duration::hours(2));
+    let mut results = Vec::with_capacity(req.signals.len());
+    let mut queued_ids = Vec::new();
+    let mut ready = 0u32;
+    for s in &req.signals {
+        let Some(a) = st.catalog.for_trigger(&s.code) else {
+            results.push(json!({
+                "code": s.code,
+                "detail": s.detail,
+                "actionId": null,
+                "queued": false,
+                "skip": {
+                    "code": "no_action",
+                    "message": "no catalog action answers this code and the catalog has no fallback",
+                },
+            }));
+            continue;
+        };
+        let guard = guard_issues(a, &eff.guard);
+        let since_last_execute = c
+            .last_start
+            .get(&a.id)
+            .map(|at| (now - *at).to_std().unwrap_or(Duration::ZERO));
+        let gate = GateInput {
+            policy: p,
+            host_id: host.as_str(),
+            action_id: &a.id,
+            tier: a.tier,
+            has_canary_checks: !a.canary_checks.is_empty(),
+            queued_this_cycle: c.queued_this_cycle,
+            queued_last_hour: c.auto_last_hour,
+            host_backlog: c.host_backlog,
+            global_backlog: c.global_backlog,
+            since_last_execute,
+            active_run: c.active.contains(&a.id),
+            guard_blocked: guard.is_err(),
+        };
+        let base = json!({
+            "code": s.code,
+            "detail": s.detail,
+            "actionId": a.id,
+            "risk": a.risk,
+            "tier": a.tier,
+        });
+        let params = match (autonomous_gate(&gate), guard) {
+            (Err(reason), guard) => {
+                let mut sk = skip(&reason);
+                if let (SkipReason::GuardBlocked, Err(Value::Object(issues)), Value::Object(m)) =
+                    (&reason, guard, &mut sk)
+                {
+                    m.extend(issues);
+                }
+                results.push(merge(base, json!({ "queued": false, "skip": sk })));
+                continue;
+            }
+            (Ok(()), Ok(params)) => params,
+            // The gate refuses a guard-blocked action, so this is unreachable;
+            // refuse it all the same.
+            (Ok(()), Err(_)) => {
+                results.push(merge(
+                    base,
+                    json!({ "queued": false, "skip": skip(&SkipReason::GuardBlocked) }),
+                ));
+                continue;
+            }
+        };
+        let needs_approval = approval_required(a.risk, a.tier, p.approval_risk_threshold);
+        let key = req
+            .cycle_id
+            .as_ref()
+            .and_then(|cy| IdemKey::parse(&format!("signal:{cy}:{}", a.id)).ok());
+        let new = NewRun {
+            host_id: host.clone(),
+            action_key: a.id.clone(),
+            params,
+            requested_by: who.name.clone(),
+            idempotency_key: key,
+            max_attempts: p.max_retry_attempts,
+            expires_at: Some(now + ttl),
+            idempotent: a.idempotent,
+            approval_required: needs_approval,
+            canary: remediate_spool::Canary {
+                percent: canary_percent(a.tier, p),
+                bucket: canary_bucket(host.as_str(), &a.id),
+                selected: canary_selected(host.as_str(), &a.id, a.tier, p),
+                checks: a.canary_checks.len() as u32,
+                passed: None,
+            },
+            rollback: remediate_spool::Rollback {
+                armed: p.auto_rollback && !a.rollback.is_empty(),
+                attempted: false,
+                succeeded: None,
+            },
+            auto_queued: true,
+            auto_reason: Some(s.code.clone()),
+            auto_tier: Some(word(a.tier)),
+            risk: Some(word(a.risk)),
+            tier: Some(word(a.tier)),
+        };
+        let enq = st.store.enqueue(new).await?;
+        c.queued_this_cycle += 1;
+        c.active.insert(a.id.clone());
+        if enq.created {
+            st.metrics
+                .enqueues
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.host_backlog += 1;
+            c.global_backlog = c.global_backlog.saturating_add(1);
+            c.auto_last_hour += 1;
+            c.last_start.insert(a.id.clone(), now);
+            if !needs_approval {
+                ready += 1;
+            }
+        }
+        queued_ids.push(enq.record.run_id.to_string());
+        results.push(merge(
+            base,
+            json!({
+                "queued": true,
+                "created": enq.created,
+                "approvalRequired": needs_approval,
+                "run": item(&enq.record, false),
+            }),
+        ));
+    }
+    let auto_drain = p.queue_autodrain;
+    let drain_triggered = auto_drain && ready > 0;
+    if drain_triggered {
+        st.store.request_drain(&host, ready).await?;
+    }
+    let codes: Vec<&str> = req.signals.iter().map(|s| s.code.as_str()).collect();
+    audit(
+        &st,
+        &ctx,
+        &who,
+        "signals",
+        queued_ids.first().map(String::as_str),
+        json!({
+            "hostId": host,
+            "cycleId": req.cycle_id,
+            "signals": codes,
+            "queued": queued_ids,
+            "skipped": results.len() - queued_ids.len(),
+        }),
+    )
+    .await?;
+    Ok(Json(json!({
+        "ok": true,
+        "hostId": host,
+        "cycleId": req.cycle_id,
+        "profile": eff.profile,
+        "autonomousEnabled": p.autonomous_enabled,
+        "queuedCount": queued_ids.len(),
+        "skippedCount": results.len() - queued_ids.len(),
+        "results": results,
+        "queue": { "autoDrain": auto_drain, "drainTriggered": drain_triggered },
+    })))
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Value::Object(m), Value::Object(extra)) = (&mut a, b) {
+        m.extend(extra);
+    }
+    a
+}
