@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod error;
 pub mod items;
+pub mod openapi;
 pub mod routes;
 
 use std::net::SocketAddr;

@@ -18,8 +18,8 @@ use crate::items::item;
 use crate::routes::clamp_limit;
 use crate::{AppState, Ctx, SharedState, audit, parse_json};
 
-#[derive(Deserialize)]
-struct Drain {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(crate) struct Drain {
     #[serde(default)]
     limit: Option<i64>,
 }

@@ -15,9 +15,9 @@ use crate::routes::queue::snapshot_value;
 use crate::routes::replay::replay_batch;
 use crate::{Ctx, SharedState, audit, parse_json};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct Hygiene {
+pub(crate) struct Hygiene {
     #[serde(default)]
     drain_limit: Option<i64>,
     #[serde(default)]

@@ -21,6 +21,7 @@ pub fn router() -> Router<SharedState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
+        .route("/api/openapi.json", get(crate::openapi::serve))
         .route("/api/remediate", post(remediate::remediate))
         .route(
             "/api/hosts/{host_id}",

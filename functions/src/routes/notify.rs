@@ -16,9 +16,9 @@ use crate::auth::{Need, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, Ctx, SharedState, audit, parse_json};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct NotifyTest {
+pub(crate) struct NotifyTest {
     #[serde(default)]
     target: Option<String>,
     #[serde(default)]

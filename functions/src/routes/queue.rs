@@ -133,9 +133,9 @@ fn add(c: &mut remediate_spool::Counts, b: Bucket, n: usize) {
     *f += n;
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct Decide {
+pub(crate) struct Decide {
     run_id: String,
     mode: String,
     #[serde(default)]

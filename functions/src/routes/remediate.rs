@@ -27,9 +27,9 @@ use crate::routes::clamp_limit;
 use crate::routes::drain::drain_runs;
 use crate::{AppState, Ctx, SharedState, audit, parse_json};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct Remediate {
+pub(crate) struct Remediate {
     #[serde(default)]
     mode: Option<String>,
     #[serde(default)]

@@ -17,9 +17,9 @@ use crate::routes::clamp_limit;
 use crate::routes::queue::run_for;
 use crate::{AppState, Ctx, SharedState, audit, parse_json};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct Replay {
+pub(crate) struct Replay {
     #[serde(default)]
     mode: Option<String>,
     #[serde(default)]

@@ -12,9 +12,9 @@ use crate::auth::{AuthMode, Principal, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::{Ctx, SharedState, audit, parse_json};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Login {
+pub(crate) struct Login {
     token: String,
 }
 

@@ -71,9 +71,9 @@ pub async fn list(State(st): State<SharedState>, ctx: Ctx) -> ApiResult<Json<Val
     Ok(Json(json!({ "ok": true, "workflows": workflows() })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct RunStep {
+pub(crate) struct RunStep {
     workflow_id: String,
     step_id: String,
     #[serde(default)]

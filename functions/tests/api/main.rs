@@ -5,6 +5,7 @@
 mod e2e;
 mod handlers;
 mod matrix;
+mod openapi;
 mod remediate;
 mod server;
 mod signals;
