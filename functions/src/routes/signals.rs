@@ -132,7 +132,7 @@ struct Counts {
     global_backlog: u32,
     active: BTreeSet<String>,
     auto_last_hour: u32,
-    /// Latest start (operator execute or auto-queue) of each action.
+    /// Latest request (operator execute or auto-queue) of each action.
     last_start: BTreeMap<String, DateTime<Utc>>,
     queued_this_cycle: u32,
 }
@@ -175,16 +175,16 @@ async fn counts(st: &SharedState, host: &HostId, now: DateTime<Utc>) -> ApiResul
                 c.host_backlog += 1;
             }
         }
-        if r.auto_queued {
-            if r.requested_at > hour_ago {
-                c.auto_last_hour += 1;
-            }
-            let e = c
-                .last_start
-                .entry(r.action_key.clone())
-                .or_insert(r.requested_at);
-            *e = (*e).max(r.requested_at);
+        if r.auto_queued && r.requested_at > hour_ago {
+            c.auto_last_hour += 1;
         }
+        // Any run of the action, an operator's or the planner's, starts
+        // its cooldown when it is requested.
+        let e = c
+            .last_start
+            .entry(r.action_key.clone())
+            .or_insert(r.requested_at);
+        *e = (*e).max(r.requested_at);
     }
     let activity = st.store.host_activity(host).await?;
     for e in &activity.executes {
