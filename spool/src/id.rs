@@ -115,6 +115,11 @@ id_type!(RunId, "runId", "The id of a run; names its record file.");
 id_type!(IdemKey, "idempotencyKey", "A caller's idempotency key.");
 
 impl RunId {
+    /// The smallest run id, for range queries.
+    pub(crate) fn min() -> Self {
+        RunId(SafeId(Arc::from("")))
+    }
+
     /// A fresh, time-ordered run id (UUIDv7 in lower-case hex, `r` prefix).
     pub fn generate() -> Self {
         let s = format!("r{}", uuid::Uuid::now_v7().simple());

@@ -91,6 +91,8 @@ pub(crate) struct Meta {
     pub requested_ms: i64,
     pub due_ms: i64,
     pub action: Arc<str>,
+    /// Queued by the autonomous planner rather than by a person.
+    pub auto: bool,
 }
 
 impl Meta {
@@ -101,6 +103,7 @@ impl Meta {
             requested_ms: record.requested_at.timestamp_millis(),
             due_ms: record.due_at().timestamp_millis(),
             action: Arc::from(record.action_key.as_str()),
+            auto: record.auto_queued,
         }
     }
 
@@ -117,6 +120,7 @@ impl Meta {
             requested_ms: 0,
             due_ms: 0,
             action: Arc::from(""),
+            auto: false,
         }
     }
 }
@@ -171,6 +175,19 @@ impl HostIndex {
 
     pub fn oldest(&self, b: Bucket, n: usize) -> impl Iterator<Item = &(i64, RunId)> {
         self.buckets[b.idx()].iter().take(n)
+    }
+
+    /// Every run requested at or after `since_ms` (any state), unordered.
+    pub fn requested_since(&self, since_ms: i64) -> Vec<(i64, Arc<str>, bool)> {
+        let mut out = Vec::new();
+        for set in &self.buckets {
+            for (req, id) in set.range((since_ms, RunId::min())..) {
+                if let Some(m) = self.entries.get(id) {
+                    out.push((*req, m.action.clone(), m.auto));
+                }
+            }
+        }
+        out
     }
 
     pub fn get(&self, id: &RunId) -> Option<&Meta> {

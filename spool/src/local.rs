@@ -1139,8 +1139,9 @@ impl LocalSpool {
         self.sync_dir(&dir)
     }
 
-    /// Appends one JSON line to today's audit log and fdatasyncs it.
-    pub fn audit_blocking(&self, entry: &serde_json::Value) -> Result<()> {
+    /// Appends one JSON line to today's audit log; with `durable`,
+    /// fdatasyncs it before returning.
+    pub fn audit_blocking(&self, entry: &serde_json::Value, durable: bool) -> Result<()> {
         let day = self.now().format("%Y-%m-%d");
         let p = self
             .inner
@@ -1156,10 +1157,16 @@ impl LocalSpool {
             .map_err(|e| SpoolError::io("open", &p, e))?;
         // One write(2) per line on an O_APPEND file: lines from several
         // processes do not interleave.
-        self.inner
-            .io
-            .append(&f, &line)
-            .map_err(|e| SpoolError::io("append", &p, e))
+        if durable {
+            self.inner
+                .io
+                .append(&f, &line)
+                .map_err(|e| SpoolError::io("append", &p, e))
+        } else {
+            use std::io::Write;
+            (&f).write_all(&line)
+                .map_err(|e| SpoolError::io("append", &p, e))
+        }
     }
 
     fn host_activity_path(&self, host: &HostId) -> PathBuf {
@@ -1347,6 +1354,29 @@ impl LocalSpool {
             }
         }
         Ok(out)
+    }
+
+    /// Runs of `host` requested at or after `since`, in any state, newest
+    /// first: what the execute gates count (hourly limits, cooldown).
+    pub fn recent_requests_blocking(&self, host: &HostId, since: Timestamp) -> Vec<RecentRequest> {
+        let mut idx = lock(&self.inner.index);
+        idx.sync();
+        let mut v: Vec<RecentRequest> = idx
+            .hosts
+            .get(host)
+            .map(|h| h.requested_since(since.timestamp_millis()))
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(ms, action, auto)| {
+                Some(RecentRequest {
+                    action_key: action.to_string(),
+                    requested_at: chrono::DateTime::from_timestamp_millis(ms)?,
+                    auto_queued: auto,
+                })
+            })
+            .collect();
+        v.sort_by_key(|r| std::cmp::Reverse(r.requested_at));
+        v
     }
 
     /// When the earliest queued run of `host` is due (for the executor's
@@ -1760,4 +1790,13 @@ pub struct ActivityEntry {
 pub enum ActivityKind {
     DryRun,
     Execute,
+}
+
+/// One recent run request, as the execute gates see it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentRequest {
+    pub action_key: String,
+    pub requested_at: Timestamp,
+    pub auto_queued: bool,
 }

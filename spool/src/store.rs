@@ -8,7 +8,7 @@ use crate::error::{Result, SpoolError};
 use crate::id::{HostId, RunId};
 use crate::local::{
     ActivityKind, Counts, Enqueued, HostActivity, ListQuery, LocalSpool, PruneReport,
-    RecoveryReport, Retention,
+    RecentRequest, RecoveryReport, Retention,
 };
 use crate::record::{AttemptResult, NewRun, RunRecord, Timestamp};
 
@@ -65,8 +65,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_host_doc(&self, host: &HostId) -> Result<Option<serde_json::Value>>;
     /// Replaces a host's policy document durably.
     async fn put_host_doc(&self, host: &HostId, doc: serde_json::Value) -> Result<()>;
-    /// Appends one entry to the audit log durably.
-    async fn audit(&self, entry: serde_json::Value) -> Result<()>;
+    /// Appends one entry to the audit log; with `durable`, fdatasyncs it
+    /// before returning (without, the next durable append or the kernel
+    /// writes it back).
+    async fn audit(&self, entry: serde_json::Value, durable: bool) -> Result<()>;
+    /// Runs of a host requested at or after `since` (any state), newest first.
+    async fn recent_requests(&self, host: &HostId, since: Timestamp) -> Result<Vec<RecentRequest>>;
     /// Recent dry-runs and executes on a host.
     async fn host_activity(&self, host: &HostId) -> Result<HostActivity>;
     /// Records a dry-run or an execute of an action on a host.
@@ -192,9 +196,13 @@ impl Store for LocalSpool {
         let (s, host) = (self.clone(), host.clone());
         blocking(move || s.put_host_doc_blocking(&host, &doc)).await
     }
-    async fn audit(&self, entry: serde_json::Value) -> Result<()> {
+    async fn audit(&self, entry: serde_json::Value, durable: bool) -> Result<()> {
         let s = self.clone();
-        blocking(move || s.audit_blocking(&entry)).await
+        blocking(move || s.audit_blocking(&entry, durable)).await
+    }
+    async fn recent_requests(&self, host: &HostId, since: Timestamp) -> Result<Vec<RecentRequest>> {
+        let (s, host) = (self.clone(), host.clone());
+        blocking(move || Ok(s.recent_requests_blocking(&host, since))).await
     }
     async fn host_activity(&self, host: &HostId) -> Result<HostActivity> {
         let (s, host) = (self.clone(), host.clone());

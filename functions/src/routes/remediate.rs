@@ -25,7 +25,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::items::item;
 use crate::routes::clamp_limit;
 use crate::routes::drain::drain_runs;
-use crate::{AppState, Ctx, SharedState, audit, parse_json};
+use crate::{AppState, Ctx, SharedState, audit, audit_enqueue, parse_json};
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -346,15 +346,20 @@ async fn execute(
         .count();
     let all = st.store.counts(None).await?;
     let global_backlog = all.queued + all.retry_scheduled + all.held;
+    // Executes are the runs people asked for, counted from the store's
+    // index: an execute writes nothing but its own run.
     let activity = st.store.host_activity(&t.host).await?;
     let hour_ago = now - chrono::Duration::hours(1);
-    let executes_last_hour = activity.executes.iter().filter(|e| e.at > hour_ago).count() as u32;
+    let cooldown =
+        chrono::Duration::from_std(p.execute_cooldown()).unwrap_or(chrono::Duration::zero());
+    let window = now - cooldown.max(chrono::Duration::hours(1));
+    let recent = st.store.recent_requests(&t.host, window).await?;
+    let manual = || recent.iter().filter(|r| !r.auto_queued);
+    let executes_last_hour = manual().filter(|r| r.requested_at > hour_ago).count() as u32;
     let since = |at: chrono::DateTime<chrono::Utc>| (now - at).to_std().unwrap_or(Duration::ZERO);
-    let since_last_execute = activity
-        .executes
-        .iter()
-        .filter(|e| e.action == a.id)
-        .map(|e| e.at)
+    let since_last_execute = manual()
+        .filter(|r| r.action_key == a.id)
+        .map(|r| r.requested_at)
         .max()
         .map(since);
     let dry_run_age = activity.dry_runs.get(&a.id).copied().map(since);
@@ -420,9 +425,6 @@ async fn execute(
         st.metrics
             .enqueues
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        st.store
-            .record_activity(&t.host, ActivityKind::Execute, &a.id)
-            .await?;
     }
     let auto_drain = p.queue_autodrain;
     let mut drain_triggered = false;
@@ -430,12 +432,12 @@ async fn execute(
         st.store.request_drain(&t.host, 1).await?;
         drain_triggered = true;
     }
-    audit(
+    audit_enqueue(
         st,
         ctx,
         who,
         "execute",
-        Some(enq.record.run_id.as_str()),
+        enq.record.run_id.as_str(),
         json!({ "hostId": t.host, "actionId": a.id, "created": enq.created, "approvalRequired": needs_approval }),
     )
     .await?;

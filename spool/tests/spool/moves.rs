@@ -558,10 +558,10 @@ fn host_documents_audit_and_drain_requests() {
     ts.spool.put_host_doc_blocking(&h, &doc).unwrap();
     assert_eq!(ts.spool.get_host_doc_blocking(&h).unwrap(), Some(doc));
     ts.spool
-        .audit_blocking(&serde_json::json!({"what": "approve"}))
+        .audit_blocking(&serde_json::json!({"what": "approve"}), true)
         .unwrap();
     ts.spool
-        .audit_blocking(&serde_json::json!({"what": "reject"}))
+        .audit_blocking(&serde_json::json!({"what": "reject"}), false)
         .unwrap();
     let audit_dir = ts.spool.root().join("audit");
     let files: Vec<_> = std::fs::read_dir(&audit_dir).unwrap().collect();
@@ -613,5 +613,36 @@ fn host_activity_keeps_latest_dry_run_and_recent_executes() {
             .collect::<Vec<_>>(),
         ["b"],
         "a day-old execute is dropped"
+    );
+}
+
+#[test]
+fn recent_requests_come_from_the_index_newest_first() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let a = ts
+        .spool
+        .enqueue_blocking(run(&h, "a"))
+        .unwrap()
+        .record
+        .run_id;
+    ts.advance_secs(3600);
+    let since = ts.spool.now();
+    let mut auto = run(&h, "b");
+    auto.auto_queued = true;
+    ts.spool.enqueue_blocking(auto).unwrap();
+    ts.advance_secs(1);
+    ts.spool.enqueue_blocking(run(&h, "c")).unwrap();
+    ts.spool.cancel_blocking(&a, "t").unwrap();
+    let r = ts.spool.recent_requests_blocking(&h, since);
+    let got: Vec<_> = r
+        .iter()
+        .map(|x| (x.action_key.as_str(), x.auto_queued))
+        .collect();
+    assert_eq!(got, [("c", false), ("b", true)]);
+    assert!(
+        ts.spool
+            .recent_requests_blocking(&host("other"), since)
+            .is_empty()
     );
 }
