@@ -1,0 +1,276 @@
+//! HTTP benchmarks (`make bench`), each figure next to a baseline measured in
+//! the same run:
+//!
+//! - durable enqueue through `POST /api/remediate` (mode execute) with 1 and
+//!   32 concurrent keep-alive clients, against the spool's own enqueue from 1
+//!   and 32 threads in this process; p50 and p99 latency;
+//! - the server's time from process start to its first answer on /healthz.
+//!
+//! Each execute goes through the whole handler: auth, host policy, render,
+//! guard, gates, the durable enqueue and the audit line. Hosts are spread so
+//! the per-action gates (one active run, cooldown) do not refuse requests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use remediate_spool::{Canary, HostId, LocalSpool, NewRun, Rollback};
+
+const TOKEN: &str = "bench-admin-token-0123456789";
+const ACTIONS: [&str; 4] = [
+    "demo-system-info",
+    "demo-disk-usage",
+    "demo-always-fails",
+    "demo-flaky",
+];
+
+struct Conn {
+    r: BufReader<TcpStream>,
+    addr: String,
+}
+
+impl Conn {
+    fn new(addr: &str) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn {
+            r: BufReader::new(s),
+            addr: addr.to_string(),
+        }
+    }
+
+    fn req(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        self.r.get_mut().write_all(req.as_bytes()).unwrap();
+        let mut line = String::new();
+        self.r.read_line(&mut line).unwrap();
+        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut buf = vec![0u8; len];
+        self.r.read_exact(&mut buf).unwrap();
+        (status, String::from_utf8_lossy(&buf).into_owned())
+    }
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path) -> (Server, Duration) {
+    let tokens = dir.join("tokens.toml");
+    let hash = remediate_functions::auth::hash_token(TOKEN);
+    std::fs::write(
+        &tokens,
+        format!("[[token]]\nname = \"bench\"\nrole = \"admin\"\nsha256 = \"{hash}\"\n"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remediate-api"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--spool"])
+        .arg(dir.join("spool"))
+        .arg("--tokens")
+        .arg(&tokens)
+        .arg("--session-key")
+        .arg(dir.join("session.key"))
+        .env("VPS_REMEDIATE_CATALOG", "demo")
+        .env("VPS_REMEDIATE_QUEUE_AUTODRAIN", "false")
+        .env("VPS_REMEDIATE_MAX_EXECUTE_PER_HOUR", "1000")
+        .env("VPS_REMEDIATE_MAX_QUEUE_TOTAL", "10000")
+        .env("VPS_REMEDIATE_MAX_QUEUE_PER_HOST", "200")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit("http://").next().unwrap().to_string();
+    // First answer: connect and ask /healthz.
+    let mut c = Conn::new(&addr);
+    let (s, _) = c.req("GET", "/healthz", "");
+    assert_eq!(s, 200);
+    (Server { child, addr }, started.elapsed())
+}
+
+fn new_run(h: &HostId) -> NewRun {
+    NewRun {
+        host_id: h.clone(),
+        action_key: "demo-system-info".into(),
+        params: Default::default(),
+        requested_by: "bench".into(),
+        idempotency_key: None,
+        max_attempts: 3,
+        expires_at: None,
+        idempotent: true,
+        approval_required: false,
+        canary: Canary::default(),
+        rollback: Rollback::default(),
+        auto_queued: false,
+        auto_reason: None,
+        auto_tier: None,
+        risk: Some("low".into()),
+        tier: Some("observe".into()),
+    }
+}
+
+fn spool_enqueue(dir: &Path, writers: usize, n: usize) -> f64 {
+    let sp = LocalSpool::open(dir.join("spool-direct")).unwrap();
+    let h = HostId::parse("direct").unwrap();
+    sp.ensure_host(&h).unwrap();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..writers {
+            let (sp, h) = (sp.clone(), h.clone());
+            s.spawn(move || {
+                for _ in 0..n / writers {
+                    sp.enqueue_blocking(new_run(&h)).unwrap();
+                }
+            });
+        }
+    });
+    (n / writers * writers) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Registers `hosts` hosts and dry-runs every bench action on each (setup).
+fn prepare(addr: &str, prefix: &str, hosts: usize) {
+    let mut c = Conn::new(addr);
+    for i in 0..hosts {
+        let h = format!("{prefix}-{i}");
+        let (s, b) = c.req(
+            "PUT",
+            &format!("/api/hosts/{h}"),
+            "{\"remediationPolicyOverrides\":{\"executeCooldownMinutes\":0}}",
+        );
+        assert_eq!(s, 200, "{b}");
+        for a in ACTIONS {
+            let (s, b) = c.req(
+                "POST",
+                "/api/remediate",
+                &format!("{{\"mode\":\"dry-run\",\"hostId\":\"{h}\",\"actionId\":\"{a}\"}}"),
+            );
+            assert_eq!(s, 200, "{b}");
+        }
+    }
+}
+
+fn http_enqueue(addr: &str, prefix: &str, hosts: usize, clients: usize) -> (f64, Vec<Duration>) {
+    let jobs: Vec<(String, &str)> = (0..hosts)
+        .flat_map(|i| ACTIONS.iter().map(move |a| (format!("{prefix}-{i}"), *a)))
+        .collect();
+    let per = jobs.len() / clients;
+    let t = Instant::now();
+    let lat: Vec<Duration> = std::thread::scope(|s| {
+        let hs: Vec<_> = jobs
+            .chunks(per.max(1))
+            .take(clients)
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut c = Conn::new(addr);
+                    let mut l = Vec::new();
+                    for (h, a) in chunk {
+                        let body = format!(
+                            "{{\"mode\":\"execute\",\"hostId\":\"{h}\",\"actionId\":\"{a}\",\"confirmPhrase\":\"EXECUTE {a}\"}}"
+                        );
+                        let t = Instant::now();
+                        let (st, b) = c.req("POST", "/api/remediate", &body);
+                        l.push(t.elapsed());
+                        assert_eq!(st, 200, "{b}");
+                    }
+                    l
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    (lat.len() as f64 / t.elapsed().as_secs_f64(), lat)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p) as usize]
+}
+
+fn main() {
+    let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
+    let base = std::env::var("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-http"));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!(
+        "# HTTP benchmarks\nmachine: {cores} cores; directory: {}\n",
+        base.display()
+    );
+
+    let mut starts = Vec::new();
+    for i in 0..if quick { 3 } else { 11 } {
+        let d = base.join(format!("start-{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let (_srv, t) = start(&d);
+        starts.push(t);
+    }
+    let start_p50 = pct(&mut starts, 0.5);
+
+    let hosts1 = if quick { 10 } else { 100 };
+    let hosts32 = if quick { 40 } else { 400 };
+    let d = base.join("enqueue");
+    std::fs::create_dir_all(&d).unwrap();
+    let (srv, _) = start(&d);
+    prepare(&srv.addr, "one", hosts1);
+    prepare(&srv.addr, "many", hosts32);
+    let direct1 = spool_enqueue(&base, 1, hosts1 * ACTIONS.len());
+    let (http1, mut lat1) = http_enqueue(&srv.addr, "one", hosts1, 1);
+    let direct32 = spool_enqueue(&base.join("d32"), 32, hosts32 * ACTIONS.len());
+    let (http32, mut lat32) = http_enqueue(&srv.addr, "many", hosts32, 32);
+    println!("| durable enqueue | runs/s | ratio | p50 | p99 |");
+    println!("|---|---|---|---|---|");
+    println!("| spool in-process, 1 writer | {direct1:.0} | 1.00 (baseline) | | |");
+    println!(
+        "| HTTP execute, 1 client | {http1:.0} | {:.2}x spool (target >= 0.70) | {:?} | {:?} |",
+        http1 / direct1,
+        pct(&mut lat1, 0.5),
+        pct(&mut lat1, 0.99)
+    );
+    println!("| spool in-process, 32 writers | {direct32:.0} | 1.00 (baseline) | | |");
+    println!(
+        "| HTTP execute, 32 clients | {http32:.0} | {:.2}x spool (target >= 0.70) | {:?} | {:?} |",
+        http32 / direct32,
+        pct(&mut lat32, 0.5),
+        pct(&mut lat32, 0.99)
+    );
+    println!(
+        "\nserver start to first /healthz answer: median {start_p50:?} of {} starts (target <= 50 ms)",
+        starts.len()
+    );
+    drop(srv);
+    let _ = std::fs::remove_dir_all(&base);
+}
