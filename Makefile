@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Targets of each part live beside it (infra/*.mk) and are listed by help too.
 -include infra/*.mk
 
-.PHONY: help dev test lint fmt bench bench-spool doc clean
+.PHONY: help dev test lint fmt bench bench-spool bench-http doc clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -22,10 +22,13 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: bench-spool ## Run every benchmark (release build; prints figures as ratios)
+bench: bench-spool bench-http ## Run every benchmark (release build; prints figures as ratios)
 
 bench-spool: ## Spool benchmarks: durable enqueue vs bare loop and SQLite, claim, snapshot
 	$(CARGO) bench --locked -p remediate-spool --bench spool
+
+bench-http: ## HTTP benchmarks: enqueue through the API vs the spool, latency, start-up time
+	$(CARGO) bench --locked -p remediate-functions --bench http
 
 doc: ## Build the API docs (the spool's and config's design documents)
 	$(CARGO) doc --workspace --no-deps
