@@ -207,6 +207,8 @@ pub(crate) struct Index {
     ino: Option<Inotify>,
     watches: HashMap<WatchDescriptor, Watch>,
     pub hosts: HashMap<HostId, HostIndex>,
+    /// Hosts whose state directories are watched (and were scanned after).
+    watched: std::collections::HashSet<HostId>,
     scanned: bool,
 }
 
@@ -233,11 +235,17 @@ impl Index {
             ino,
             watches: HashMap::new(),
             hosts: HashMap::new(),
+            watched: std::collections::HashSet::new(),
             scanned: false,
         }
     }
 
     pub fn upsert(&mut self, host: &HostId, id: RunId, meta: Meta) {
+        // A host this index has not watched yet (its directory was just
+        // made): watch and scan it first, or later moves would go unseen.
+        if self.scanned && !self.watched.contains(host) {
+            self.scan_host(host);
+        }
         self.host_mut(host).insert(id, meta);
     }
 
@@ -275,6 +283,7 @@ impl Index {
     fn full_scan(&mut self) {
         self.hosts.clear();
         self.watches.clear();
+        self.watched.clear();
         if let Some(ino) = &self.ino {
             // Re-create the instance so old watch descriptors go away.
             let _ = ino;
@@ -316,6 +325,7 @@ impl Index {
                 }
             }
         }
+        self.watched.insert(host.clone());
         let mut hi = HostIndex::default();
         for d in STATE_DIRS {
             let Ok(rd) = std::fs::read_dir(base.join(d.name())) else {
@@ -356,7 +366,7 @@ impl Index {
                 match watch {
                     Watch::Runs => {
                         if let Ok(h) = HostId::parse(&String::from_utf8_lossy(name.as_bytes()))
-                            && !self.hosts.contains_key(&h)
+                            && !self.watched.contains(&h)
                         {
                             self.scan_host(&h);
                         }

@@ -646,3 +646,31 @@ fn recent_requests_come_from_the_index_newest_first() {
             .is_empty()
     );
 }
+
+/// Regression: a host whose directory this process created (first enqueue)
+/// was indexed but never watched, so another process's moves of its runs
+/// went unseen and the counts stayed stale forever.
+#[test]
+fn a_new_host_is_watched_so_other_processes_moves_are_seen() {
+    let ts = TempSpool::new();
+    // The index is built before the host exists.
+    assert_eq!(ts.spool.counts_blocking(None).unwrap().total(), 0);
+    let h = host("brand-new");
+    let id = ts
+        .spool
+        .enqueue_blocking(run(&h, "a"))
+        .unwrap()
+        .record
+        .run_id;
+    let other = open(
+        ts.dir.path(),
+        std::sync::Arc::new(remediate_spool::io::RealIo),
+        ts.clock.clone(),
+    );
+    let c = other.claim_next_blocking(&h, &|_| false).unwrap().unwrap();
+    assert_eq!(c.run_id, id);
+    other.start_attempt_blocking(&id).unwrap();
+    other.complete_blocking(&id, ok_result()).unwrap();
+    let counts = ts.spool.counts_blocking(Some(&h)).unwrap();
+    assert_eq!((counts.queued, counts.succeeded), (0, 1), "{counts:?}");
+}
