@@ -144,6 +144,7 @@ fn state(
         drain_wait: Duration::from_secs(args.drain_wait_seconds),
         notify_url,
         metrics: Metrics::default(),
+        effective_cache: Default::default(),
     }))
 }
 

@@ -12,9 +12,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use remediate_config::{
-    Action, Effective, ExecuteGateInput, HostPolicyDoc, RenderContext, RenderedAction, SkipReason,
-    approval_required, canary_bucket, canary_percent, canary_selected, effective_policy,
-    execute_gate,
+    Action, Effective, ExecuteGateInput, RenderContext, RenderedAction, SkipReason,
+    approval_required, canary_bucket, canary_percent, canary_selected, execute_gate,
 };
 use remediate_spool::{ActivityKind, Bucket, HostId, IdemKey, ListQuery, NewRun};
 use serde::Deserialize;
@@ -100,7 +99,7 @@ pub async fn remediate(
 /// A host, its effective policy and (for dry-run and execute) an action.
 struct Target {
     host: HostId,
-    effective: Effective,
+    effective: std::sync::Arc<Effective>,
     action: Option<Action>,
 }
 
@@ -125,11 +124,9 @@ impl Target {
                 format!("host {host} is not registered; an admin registers it with PUT /api/hosts/{host}"),
             )
         })?;
-        let doc = HostPolicyDoc::from_json(&doc).map_err(|e| {
-            tracing::error!(host_id = %host, error = %e, "stored host document is invalid");
-            ApiError::internal()
-        })?;
-        let effective = effective_policy(&st.loaded, &doc).map_err(|e| {
+        // A stored document that no longer validates (the global settings
+        // changed under it) is a conflict an admin resolves with a PUT.
+        let effective = st.effective(&doc).map_err(|e| {
             ApiError::new(
                 StatusCode::CONFLICT,
                 "invalid_host_policy",
@@ -323,19 +320,29 @@ async fn execute(
     let p = &t.effective.policy;
     let now = chrono::Utc::now();
     // Gate inputs from the store.
-    let active = st
-        .store
-        .list(ListQuery {
-            host: Some(t.host.clone()),
-            buckets: vec![
-                Bucket::Queued,
-                Bucket::RetryScheduled,
-                Bucket::Held,
-                Bucket::Running,
-            ],
-            limit: 10_000,
-        })
-        .await?;
+    // The gates' inputs, read concurrently. Executes are the runs people
+    // asked for, counted from the store's index: an execute writes nothing
+    // but its own run.
+    let hour_ago = now - chrono::Duration::hours(1);
+    let cooldown =
+        chrono::Duration::from_std(p.execute_cooldown()).unwrap_or(chrono::Duration::zero());
+    let window = now - cooldown.max(chrono::Duration::hours(1));
+    let active_query = ListQuery {
+        host: Some(t.host.clone()),
+        buckets: vec![
+            Bucket::Queued,
+            Bucket::RetryScheduled,
+            Bucket::Held,
+            Bucket::Running,
+        ],
+        limit: 10_000,
+    };
+    let (active, all, activity, recent) = tokio::try_join!(
+        st.store.list(active_query),
+        st.store.counts(None),
+        st.store.host_activity(&t.host),
+        st.store.recent_requests(&t.host, window),
+    )?;
     let active_run = active
         .iter()
         .find(|r| r.action_key == a.id)
@@ -344,20 +351,15 @@ async fn execute(
         .iter()
         .filter(|r| !r.state.is_terminal() && r.state != remediate_spool::RunState::Running)
         .count();
-    let all = st.store.counts(None).await?;
     let global_backlog = all.queued + all.retry_scheduled + all.held;
-    // Executes are the runs people asked for, counted from the store's
-    // index: an execute writes nothing but its own run.
-    let activity = st.store.host_activity(&t.host).await?;
-    let hour_ago = now - chrono::Duration::hours(1);
-    let cooldown =
-        chrono::Duration::from_std(p.execute_cooldown()).unwrap_or(chrono::Duration::zero());
-    let window = now - cooldown.max(chrono::Duration::hours(1));
-    let recent = st.store.recent_requests(&t.host, window).await?;
-    let manual = || recent.iter().filter(|r| !r.auto_queued);
-    let executes_last_hour = manual().filter(|r| r.requested_at > hour_ago).count() as u32;
+    let executes_last_hour = recent
+        .iter()
+        .filter(|r| !r.auto_queued && r.requested_at > hour_ago)
+        .count() as u32;
     let since = |at: chrono::DateTime<chrono::Utc>| (now - at).to_std().unwrap_or(Duration::ZERO);
-    let since_last_execute = manual()
+    // The cooldown counts from the latest run of the action, whoever asked.
+    let since_last_execute = recent
+        .iter()
         .filter(|r| r.action_key == a.id)
         .map(|r| r.requested_at)
         .max()

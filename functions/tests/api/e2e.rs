@@ -164,8 +164,20 @@ fn execute_approve_retry_dlq_and_replay_across_processes() {
         outputs[0]["stdout"].as_str().unwrap().contains("Linux"),
         "uname output kept: {done}"
     );
-    let snap = c.snapshot(false);
-    assert!(snap["snapshot"]["counts"]["succeeded"].as_u64().unwrap() >= 1);
+    // The log says succeeded a moment before the file reaches done/, which
+    // is what the API's counts follow: poll them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.snapshot(false)["snapshot"]["counts"]["succeeded"]
+        .as_u64()
+        .unwrap()
+        < 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the snapshot never counted the success"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // 2. A high-risk action waits for approval, is approved, runs.
     let run = c.execute("demo-approval", json!({"port": 8080, "protocol": "tcp"}));

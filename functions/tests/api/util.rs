@@ -63,6 +63,7 @@ impl Api {
             drain_wait,
             notify_url: None,
             metrics: Metrics::default(),
+            effective_cache: Default::default(),
         });
         Api {
             _dir: dir,
