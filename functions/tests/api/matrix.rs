@@ -92,6 +92,14 @@ fn expect(route: &str, c: Cred) -> StatusCode {
             Viewer => F,
             _ => K,
         },
+        "openapi" => match c {
+            QueueToken => F,
+            _ => K,
+        },
+        "signals" => match c {
+            Viewer | QueueToken | OtherHostToken => F,
+            _ => K,
+        },
         "hygiene" | "workflows" => match c {
             Viewer | QueueToken => F,
             _ => K,
