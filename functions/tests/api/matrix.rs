@@ -117,9 +117,23 @@ fn expect(route: &str, c: Cred) -> StatusCode {
 async fn every_route_times_every_credential() {
     let api = Api::new();
     let mut failures = Vec::new();
-    for route in [
-        "healthz", "metrics", "snapshot", "approve", "replay", "drain",
-    ] {
+    let (s, v) = api.put("/api/hosts/host-a", ADMIN, json!({})).await;
+    assert_eq!(s, K, "{v}");
+    let routes = [
+        "healthz",
+        "metrics",
+        "openapi",
+        "snapshot",
+        "approve",
+        "replay",
+        "drain",
+        "hygiene",
+        "workflows",
+        "notify",
+        "signals",
+    ];
+    let mut cells = 0;
+    for route in routes {
         for c in CREDS {
             let req = match route {
                 "healthz" => with_cred(Request::get("/healthz"), c).body(Body::empty()),
@@ -152,11 +166,17 @@ async fn every_route_times_every_credential() {
                 "workflows" => {
                     with_cred(Request::get("/api/ops/incident-workflow"), c).body(Body::empty())
                 }
-                _ => with_cred(Request::post("/api/notify/test"), c)
+                "openapi" => with_cred(Request::get("/api/openapi.json"), c).body(Body::empty()),
+                "signals" => with_cred(Request::post("/api/hosts/host-a/signals"), c)
+                    .header("content-type", "application/json")
+                    .body(Body::from("{\"signals\":[{\"code\":\"demo_disk\"}]}")),
+                "notify" => with_cred(Request::post("/api/notify/test"), c)
                     .header("content-type", "application/json")
                     .body(Body::from("{}")),
+                other => unreachable!("no request for route {other}"),
             }
             .unwrap();
+            cells += 1;
             let (got, body) = api.send(req).await;
             let want = expect(route, c);
             if got != want {
@@ -167,6 +187,7 @@ async fn every_route_times_every_credential() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(cells, routes.len() * CREDS.len());
 }
 
 #[tokio::test]
