@@ -7,7 +7,7 @@ CARGO ?= cargo
 .PHONY: help dev test lint fmt bench bench-spool bench-http doc clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-24s %s\n", $$1, $$2}'
 
 dev: ## Start the whole system locally: API on 127.0.0.1:3035, executor, ./var spool, demo catalog, a printed token
 	infra/dev/run.sh

@@ -144,22 +144,36 @@ fn is_active(r: &RunRecord) -> bool {
     )
 }
 
-async fn counts(st: &SharedState, host: &HostId, now: DateTime<Utc>) -> ApiResult<Counts> {
-    // Every run of the host but corrupt ones (never executed): the hourly
-    // count must see auto-queued runs that have already finished.
-    let buckets = Bucket::ALL
-        .into_iter()
-        .filter(|b| *b != Bucket::Corrupt)
-        .collect();
-    let runs = st
-        .store
-        .list(ListQuery {
-            host: Some(host.clone()),
-            buckets,
-            limit: 100_000,
-        })
-        .await?;
-    let hour_ago = now - chrono::Duration::hours(1);
+async fn counts(
+    st: &SharedState,
+    host: &HostId,
+    now: DateTime<Utc>,
+    cooldown: std::time::Duration,
+) -> ApiResult<Counts> {
+    // Active runs of the host, and every run requested within the hour or
+    // the cooldown (from the spool's index, whatever state they are in now:
+    // the hourly count must see auto-queued runs that already finished).
+    let hour = chrono::Duration::hours(1);
+    let window = now
+        - chrono::Duration::from_std(cooldown)
+            .unwrap_or(hour)
+            .max(hour);
+    let active_q = ListQuery {
+        host: Some(host.clone()),
+        buckets: vec![
+            Bucket::Queued,
+            Bucket::RetryScheduled,
+            Bucket::Held,
+            Bucket::Running,
+        ],
+        limit: 100_000,
+    };
+    let (runs, recent, all) = tokio::try_join!(
+        st.store.list(active_q),
+        st.store.recent_requests(host, window),
+        st.store.counts(None),
+    )?;
+    let hour_ago = now - hour;
     let mut c = Counts {
         host_backlog: 0,
         global_backlog: 0,
@@ -168,13 +182,13 @@ async fn counts(st: &SharedState, host: &HostId, now: DateTime<Utc>) -> ApiResul
         last_start: BTreeMap::new(),
         queued_this_cycle: 0,
     };
-    for r in &runs {
-        if is_active(r) {
-            c.active.insert(r.action_key.clone());
-            if r.state != RunState::Running {
-                c.host_backlog += 1;
-            }
+    for r in runs.iter().filter(|r| is_active(r)) {
+        c.active.insert(r.action_key.clone());
+        if r.state != RunState::Running {
+            c.host_backlog += 1;
         }
+    }
+    for r in &recent {
         if r.auto_queued && r.requested_at > hour_ago {
             c.auto_last_hour += 1;
         }
@@ -186,12 +200,6 @@ async fn counts(st: &SharedState, host: &HostId, now: DateTime<Utc>) -> ApiResul
             .or_insert(r.requested_at);
         *e = (*e).max(r.requested_at);
     }
-    let activity = st.store.host_activity(host).await?;
-    for e in &activity.executes {
-        let x = c.last_start.entry(e.action.clone()).or_insert(e.at);
-        *x = (*x).max(e.at);
-    }
-    let all = st.store.counts(None).await?;
     c.global_backlog =
         u32::try_from(all.queued + all.retry_scheduled + all.held).unwrap_or(u32::MAX);
     Ok(c)
@@ -270,7 +278,7 @@ pub async fn report(
     }
     let p = &eff.policy;
     let now = Utc::now();
-    let mut c = counts(&st, &host, now).await?;
+    let mut c = counts(&st, &host, now, p.execute_cooldown()).await?;
     let ttl = chrono::Duration::from_std(p.queue_ttl()).unwrap_or(chrono::Duration::hours(2));
     let mut results = Vec::with_capacity(req.signals.len());
     let mut queued_ids = Vec::new();
