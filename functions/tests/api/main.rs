@@ -7,6 +7,7 @@ mod handlers;
 mod matrix;
 mod openapi;
 mod remediate;
+mod runbook;
 mod server;
 mod signals;
 mod util;
