@@ -19,7 +19,7 @@ SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ON_HOST = $(if $(VPS_HOST),ssh $(VPS_HOST),sh -c)
 
 .PHONY: ops-worker ops-worker-once vps-ops-worker-install vps-ops-worker-status \
-	vps-ops-worker-logs vps-ops-worker-remove executor-unit-verify
+	vps-ops-worker-logs vps-ops-worker-remove executor-unit-verify soak soak-ci
 
 ops-worker: ## Run the executor daemon in the foreground on ./var/spool (OPS_SPOOL, OPS_HOST_ID)
 	mkdir -p $(dir $(OPS_SPOOL)) && chmod 700 $(dir $(OPS_SPOOL))
@@ -61,5 +61,15 @@ executor-unit-verify: ## Check the executor unit with systemd-analyze verify (ag
 	sed "s|/usr/local/bin/remediate-executor|$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/remediate-executor|g" \
 	  $(EXECUTOR_UNIT) > $$tmp/remediate-executor.service && \
 	systemd-analyze verify $$tmp/remediate-executor.service; rc=$$?; rm -rf $$tmp; exit $$rc
+
+# The crash soak drives the real binary, so build it first (the tests crate
+# finds it beside its own test binaries). SOAK_SEED=<n> replays a schedule.
+SOAK_RUNS ?= 2000
+soak: ## Crash soak: SOAK_RUNS (2000) runs, the executor SIGKILLed every 50-500 ms until all are terminal
+	$(CARGO) build --locked -p remediate-executor
+	SOAK_RUNS=$(SOAK_RUNS) $(CARGO) test --locked -p remediate-tests --test soak -- --nocapture
+
+soak-ci: ## The crash soak at CI size (300 runs, under a minute)
+	$(MAKE) soak SOAK_RUNS=300
 
 .DEFAULT_GOAL := $(executor_mk_default_goal)

@@ -1,7 +1,8 @@
-//! The claim loop of one host: recovery at start and every minute, pickup
-//! woken by inotify and by a timer for the earliest due run (a slow rescan
-//! only as a safety net), bounded concurrency with one active run per
-//! action, backoff after store errors, and a two-stage shutdown.
+//! The claim loop of one host: recovery at start and every minute (beside
+//! the loop, never delaying a pickup), pickup woken by inotify and by a
+//! timer for the earliest due run (a slow rescan only as a safety net),
+//! bounded concurrency with one active run per action, backoff after store
+//! errors, and a two-stage shutdown.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -117,7 +118,14 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
     let concurrency = s.concurrency.max(1);
     let drain_limit = s.drain_limit.max(1);
     deps.spool.ensure_host(&deps.host)?;
-    recover(&deps.spool).await;
+    // Recovery and pruning read every record of the spool (hundreds of ms
+    // with thousands of finished runs), so they run beside the claim loop,
+    // one pass at a time: a restarted daemon picks up due runs at once and
+    // a periodic pass never delays a pickup. A claim and a recovery pass
+    // exclude each other per file through the record's flock, and recovery
+    // skips this process's claims. What recovery requeues lands in
+    // `queued/`, where the watch sees it.
+    let mut upkeep = Some(spawn_upkeep(&deps.spool, true, s.retention));
 
     let queued_dir = deps.spool.host_dir(&deps.host, Dir::Queued);
     let watch = match DirWatch::new(&queued_dir) {
@@ -150,7 +158,7 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
     let mut tasks: HashMap<tokio::task::Id, RunId> = HashMap::new();
     let mut error_backoff: Option<Duration> = None;
     let mut next_recovery = Instant::now() + s.recovery_interval;
-    let mut next_prune = Instant::now();
+    let mut next_prune = Instant::now() + s.prune_interval;
     tokio::pin!(shutdown);
 
     loop {
@@ -231,22 +239,25 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
             _ = tokio::time::sleep_until(wake_at) => {}
         }
 
-        if Instant::now() >= next_recovery {
-            recover(&deps.spool).await;
-            next_recovery = Instant::now() + s.recovery_interval;
-        }
-        if let Some(r) = s.retention
-            && Instant::now() >= next_prune
-        {
-            match Store::prune(&deps.spool, r).await {
-                Ok(rep) => tracing::info!(
-                    done_removed = rep.done_removed,
-                    dlq_removed = rep.dlq_removed,
-                    "pruned"
-                ),
-                Err(e) => tracing::error!(error = %e, "prune failed"),
+        let now = Instant::now();
+        let recover_due = now >= next_recovery;
+        let prune_due = s.retention.is_some() && now >= next_prune;
+        if recover_due || prune_due {
+            // A pass still running when the next one is due: skip that one
+            // rather than queue passes up.
+            if upkeep.as_ref().is_none_or(|h| h.is_finished()) {
+                upkeep = Some(spawn_upkeep(
+                    &deps.spool,
+                    recover_due,
+                    s.retention.filter(|_| prune_due),
+                ));
             }
-            next_prune = Instant::now() + s.prune_interval;
+            if recover_due {
+                next_recovery = now + s.recovery_interval;
+            }
+            if prune_due {
+                next_prune = now + s.prune_interval;
+            }
         }
     }
 
@@ -274,8 +285,37 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
             }
         }
     }
+    // A recovery pass that is under way finishes (it is crash-safe, but
+    // ending it cleanly keeps the log quiet).
+    if let Some(h) = upkeep.take() {
+        let _ = h.await;
+    }
     tracing::info!("executor stopped");
     Ok(stopped)
+}
+
+/// One background pass: recovery, then pruning when `prune` is given.
+fn spawn_upkeep(
+    spool: &LocalSpool,
+    recovery: bool,
+    prune: Option<Retention>,
+) -> tokio::task::JoinHandle<()> {
+    let spool = spool.clone();
+    tokio::spawn(async move {
+        if recovery {
+            recover(&spool).await;
+        }
+        if let Some(r) = prune {
+            match Store::prune(&spool, r).await {
+                Ok(rep) => tracing::info!(
+                    done_removed = rep.done_removed,
+                    dlq_removed = rep.dlq_removed,
+                    "pruned"
+                ),
+                Err(e) => tracing::error!(error = %e, "prune failed"),
+            }
+        }
+    })
 }
 
 /// Takes this host's pending drain requests: the largest limit asked for.

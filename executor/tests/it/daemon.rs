@@ -147,3 +147,43 @@ async fn flushed_retries_run_at_once_and_drain_requests_are_consumed() {
         .count();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn runs_left_by_a_dead_executor_are_settled_by_the_recovery_at_start() {
+    let env = Env::new();
+    // Another process's view of the spool claims two runs and dies: one
+    // claim only, one with its attempt started (dropping the spool closes
+    // the files, so the kernel drops their locks as on SIGKILL).
+    let dead = remediate_spool::LocalSpool::open(env.spool.root()).expect("open");
+    let orphan = env.enqueue(env.new_run("ok"));
+    let claimed = dead
+        .claim_next_blocking(&env.host, &|_| false)
+        .expect("claim");
+    assert_eq!(claimed.map(|r| r.run_id), Some(orphan.clone()));
+    let interrupted = env.enqueue(env.new_run("ok"));
+    let claimed = dead
+        .claim_next_blocking(&env.host, &|_| false)
+        .expect("claim");
+    assert_eq!(claimed.map(|r| r.run_id), Some(interrupted.clone()));
+    dead.start_attempt_blocking(&interrupted).expect("start");
+    drop(dead);
+
+    // Recovery runs beside the claim loop; what it requeues is picked up
+    // through the queued/ watch.
+    let mut d = Daemon::start(&env, no_rescan());
+    assert_eq!(d.next_event().await, (orphan.clone(), RunEnd::Succeeded));
+    assert_eq!(env.count_lines("ran", &orphan), 1);
+    // Not idempotent and its attempt started: an operator decides.
+    let mut r = env.get(&interrupted);
+    for _ in 0..2400 {
+        if r.state == RunState::Dlq {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        r = env.get(&interrupted);
+    }
+    assert_eq!(r.state, RunState::Dlq);
+    assert_eq!(r.dlq_reason.as_deref(), Some("interrupted"));
+    assert_eq!(env.count_lines("ran", &interrupted), 0);
+    d.shutdown().await;
+}
