@@ -15,6 +15,7 @@ use remediate_spool::{
 use tracing::Instrument;
 
 use crate::error::Result;
+use crate::notify::{Notice, NoticeKind, Notifier};
 use crate::outcome::{self, AttemptSummary, Budget, Outcome};
 use crate::plan::{Planner, Prepared, Refusal};
 use crate::runner::{CommandSpec, Executed, KillSwitch, run_command};
@@ -63,6 +64,8 @@ pub const APPROVAL_PENDING: &str = "approval_pending";
 pub struct Ctx {
     pub spool: LocalSpool,
     pub planner: Arc<dyn Planner>,
+    /// Told when a run is dead-lettered or goes back to wait for approval.
+    pub notifier: Option<Notifier>,
 }
 
 /// Processes one run this process has claimed. On a spool error the claim
@@ -78,32 +81,53 @@ pub async fn process_claimed(ctx: &Ctx, run: RunRecord, kill: KillSwitch) -> Res
     );
     let id = run.run_id.clone();
     let res = process(ctx, run, kill).instrument(span.clone()).await;
-    match &res {
-        Ok(end) => span.in_scope(|| tracing::info!(end = %end.label(), "run processed")),
+    match res {
+        Ok((end, rec)) => {
+            span.in_scope(|| tracing::info!(end = %end.label(), "run processed"));
+            if let (Some(n), Some(rec)) = (&ctx.notifier, rec) {
+                let notice = match &end {
+                    RunEnd::DeadLettered(reason) => {
+                        Some((NoticeKind::DeadLettered, reason.as_str()))
+                    }
+                    RunEnd::WaitingApproval => {
+                        Some((NoticeKind::ApprovalPending, APPROVAL_PENDING))
+                    }
+                    _ => None,
+                };
+                if let Some((kind, reason)) = notice {
+                    n.notify(Notice::about(kind, &rec, reason, ctx.spool.now()));
+                }
+            }
+            Ok(end)
+        }
         Err(e) => {
             span.in_scope(|| tracing::error!(error = %e, code = e.code(), "run left for recovery"));
             ctx.spool.release_claim(&id);
+            Err(e)
         }
     }
-    res
 }
 
-async fn process(ctx: &Ctx, run: RunRecord, kill: KillSwitch) -> Result<RunEnd> {
+/// The end of a run, and its record after the last move when the end is
+/// one to notify about.
+type Processed = (RunEnd, Option<RunRecord>);
+
+async fn process(ctx: &Ctx, run: RunRecord, kill: KillSwitch) -> Result<Processed> {
     let store: &dyn Store = &ctx.spool;
     let id = run.run_id.clone();
     let now = ctx.spool.now();
 
     if !ctx.planner.host_enabled(&run.host_id)? {
         store.cancel(&id, HOST_DISABLED).await?;
-        return Ok(RunEnd::Canceled);
+        return Ok((RunEnd::Canceled, None));
     }
     if run.expires_at.is_some_and(|t| t <= now) {
         store.expire(&id).await?;
-        return Ok(RunEnd::Expired);
+        return Ok((RunEnd::Expired, None));
     }
     if run.approval.required && run.approval.status != remediate_spool::ApprovalStatus::Approved {
-        store.hold(&id, APPROVAL_PENDING).await?;
-        return Ok(RunEnd::WaitingApproval);
+        let rec = store.hold(&id, APPROVAL_PENDING).await?;
+        return Ok((RunEnd::WaitingApproval, Some(rec)));
     }
     let attempt = run.attempts + 1;
     let prepared = match ctx.planner.prepare(&run, attempt)? {
@@ -114,10 +138,13 @@ async fn process(ctx: &Ctx, run: RunRecord, kill: KillSwitch) -> Result<RunEnd> 
                 error: Some(why),
                 ..AttemptResult::default()
             };
-            store
+            let rec = store
                 .dead_letter(&id, outcome::reason::POLICY_BLOCKED, Some(result))
                 .await?;
-            return Ok(RunEnd::DeadLettered(outcome::reason::POLICY_BLOCKED.into()));
+            return Ok((
+                RunEnd::DeadLettered(outcome::reason::POLICY_BLOCKED.into()),
+                Some(rec),
+            ));
         }
     };
 
@@ -138,15 +165,15 @@ async fn process(ctx: &Ctx, run: RunRecord, kill: KillSwitch) -> Result<RunEnd> 
     match outcome::decide(&summary, &budget) {
         Outcome::Succeeded => {
             store.complete(&id, result).await?;
-            Ok(RunEnd::Succeeded)
+            Ok((RunEnd::Succeeded, None))
         }
         Outcome::RetryAt(at) => {
             store.retry_at(&id, at, result).await?;
-            Ok(RunEnd::RetryScheduled(at))
+            Ok((RunEnd::RetryScheduled(at), None))
         }
         Outcome::DeadLetter(reason) => {
-            store.dead_letter(&id, reason, Some(result)).await?;
-            Ok(RunEnd::DeadLettered(reason.to_string()))
+            let rec = store.dead_letter(&id, reason, Some(result)).await?;
+            Ok((RunEnd::DeadLettered(reason.to_string()), Some(rec)))
         }
     }
 }

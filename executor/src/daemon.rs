@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::attempt::{Ctx, RunEnd, process_claimed};
 use crate::error::Result;
+use crate::notify::{Notice, NoticeKind, Notifier};
 use crate::plan::Planner;
 use crate::watch::DirWatch;
 
@@ -66,6 +67,8 @@ pub struct Deps {
     pub settings: DaemonSettings,
     /// Told about every run processed (for tests and the `once` report).
     pub events: Option<mpsc::UnboundedSender<(RunId, RunEnd)>>,
+    /// Webhook notifications of dead letters and approvals, if configured.
+    pub notifier: Option<Notifier>,
 }
 
 impl Deps {
@@ -73,6 +76,7 @@ impl Deps {
         Ctx {
             spool: self.spool.clone(),
             planner: self.planner.clone(),
+            notifier: self.notifier.clone(),
         }
     }
 }
@@ -85,9 +89,12 @@ pub struct Stopped {
     pub interrupted: usize,
 }
 
-async fn recover(spool: &LocalSpool) {
+async fn recover(spool: &LocalSpool, notifier: Option<&Notifier>) {
     match Store::recover(spool).await {
         Ok(rep) => {
+            if let Some(n) = notifier {
+                notify_dead_lettered(spool, n, &rep.interrupted_dead_lettered).await;
+            }
             let moved = rep.orphans_requeued.len()
                 + rep.interrupted_retried.len()
                 + rep.interrupted_dead_lettered.len()
@@ -110,6 +117,29 @@ async fn recover(spool: &LocalSpool) {
     }
 }
 
+/// Tells the webhook about runs that recovery dead-lettered (interrupted by
+/// a crash and not idempotent, or out of attempts).
+async fn notify_dead_lettered(spool: &LocalSpool, n: &Notifier, ids: &[String]) {
+    for id in ids {
+        let Ok(id) = RunId::parse(id) else { continue };
+        match Store::get(spool, &id).await {
+            Ok(Some(rec)) if rec.state == remediate_spool::RunState::Dlq => {
+                let reason = rec.dlq_reason.clone().unwrap_or_default();
+                n.notify(Notice::about(
+                    NoticeKind::DeadLettered,
+                    &rec,
+                    &reason,
+                    spool.now(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(run_id = %id, error = %e, "cannot read a recovered run to notify")
+            }
+        }
+    }
+}
+
 /// Runs the daemon for `deps.host` until `shutdown` resolves. Then it stops
 /// claiming, gives running commands `shutdown_grace` to finish, kills the
 /// rest (recorded as interrupted) and returns.
@@ -125,7 +155,7 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
     // exclude each other per file through the record's flock, and recovery
     // skips this process's claims. What recovery requeues lands in
     // `queued/`, where the watch sees it.
-    let mut upkeep = Some(spawn_upkeep(&deps.spool, true, s.retention));
+    let mut upkeep = Some(spawn_upkeep(&deps, true, s.retention));
 
     let queued_dir = deps.spool.host_dir(&deps.host, Dir::Queued);
     let watch = match DirWatch::new(&queued_dir) {
@@ -247,7 +277,7 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
             // rather than queue passes up.
             if upkeep.as_ref().is_none_or(|h| h.is_finished()) {
                 upkeep = Some(spawn_upkeep(
-                    &deps.spool,
+                    &deps,
                     recover_due,
                     s.retention.filter(|_| prune_due),
                 ));
@@ -296,14 +326,14 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
 
 /// One background pass: recovery, then pruning when `prune` is given.
 fn spawn_upkeep(
-    spool: &LocalSpool,
+    deps: &Deps,
     recovery: bool,
     prune: Option<Retention>,
 ) -> tokio::task::JoinHandle<()> {
-    let spool = spool.clone();
+    let (spool, notifier) = (deps.spool.clone(), deps.notifier.clone());
     tokio::spawn(async move {
         if recovery {
-            recover(&spool).await;
+            recover(&spool, notifier.as_ref()).await;
         }
         if let Some(r) = prune {
             match Store::prune(&spool, r).await {
@@ -381,7 +411,7 @@ impl Drained {
 /// returns what happened to each (`remediate-executor once`).
 pub async fn drain_once(deps: &Deps, limit: usize, kill: watch::Receiver<bool>) -> Result<Drained> {
     deps.spool.ensure_host(&deps.host)?;
-    recover(&deps.spool).await;
+    recover(&deps.spool, deps.notifier.as_ref()).await;
     let ctx = deps.ctx();
     let mut out = Drained::default();
     for _ in 0..limit {

@@ -12,12 +12,15 @@
 //! - [`plan`]: what the daemon asks of policy and catalog ([`plan::Planner`]);
 //!   [`config_planner`] answers it from the config crate and the host's
 //!   policy document;
-//! - [`queue`]: `queue list|show|flush` for an operator on the host.
+//! - [`queue`]: `queue list|show|flush` for an operator on the host;
+//! - [`notify`]: webhook notifications of dead letters and approvals,
+//!   never blocking the claim loop.
 
 pub mod attempt;
 pub mod config_planner;
 pub mod daemon;
 pub mod error;
+pub mod notify;
 pub mod outcome;
 pub mod plan;
 pub mod queue;

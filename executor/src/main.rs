@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use remediate_config::{Layer, Loaded, Loader};
 use remediate_executor::config_planner::ConfigPlanner;
+use remediate_executor::notify::{self, Notifier, NotifyOptions, WebhookUrl};
 use remediate_executor::queue::{self, StateFilter};
 use remediate_executor::{DaemonSettings, Deps};
 use remediate_spool::{HostId, LocalSpool, Retention, RunId};
@@ -203,7 +204,21 @@ fn setup(common: &Common) -> anyhow::Result<Setup> {
     })
 }
 
-fn deps(s: &Setup) -> anyhow::Result<Deps> {
+/// The webhook notifier, when `VPS_REMEDIATE_NOTIFY_WEBHOOK_URL` is set and
+/// usable. An unusable URL (https) disables notifications with a warning
+/// rather than keeping the executor from running commands.
+fn notifier(loaded: &Loaded) -> Option<(Notifier, notify::Sender)> {
+    let url = loaded.settings.executor.notify_webhook_url.as_deref()?;
+    match WebhookUrl::parse(url) {
+        Ok(u) => Some(Notifier::start(u, NotifyOptions::default())),
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook notifications disabled");
+            None
+        }
+    }
+}
+
+fn deps(s: &Setup) -> anyhow::Result<(Deps, Option<notify::Sender>)> {
     let settings = &s.loaded.settings;
     let catalog = settings
         .catalog
@@ -218,7 +233,8 @@ fn deps(s: &Setup) -> anyhow::Result<Deps> {
     let days = |d: u32| Duration::from_secs(u64::from(d) * 86_400);
     let ex = &settings.executor;
     let w = &settings.worker;
-    Ok(Deps {
+    let (notifier, sender) = notifier(&s.loaded).unzip();
+    let deps = Deps {
         spool: s.spool.clone(),
         host: s.host.clone(),
         planner: Arc::new(planner),
@@ -238,15 +254,23 @@ fn deps(s: &Setup) -> anyhow::Result<Deps> {
             prune_interval: Duration::from_secs(3600),
         },
         events: None,
-    })
+        notifier,
+    };
+    Ok((deps, sender))
 }
+
+/// How long queued notifications may take to go out when the process ends.
+const NOTIFY_FLUSH: Duration = Duration::from_secs(10);
 
 async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Run(common) => {
             let s = setup(&common)?;
-            let deps = deps(&s)?;
+            let (deps, sender) = deps(&s)?;
             let stopped = remediate_executor::run(deps, shutdown_signal()?).await?;
+            if let Some(sender) = sender {
+                sender.finish(NOTIFY_FLUSH).await;
+            }
             if stopped.interrupted > 0 {
                 tracing::warn!(
                     interrupted = stopped.interrupted,
@@ -257,7 +281,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Once { common, limit } => {
             let s = setup(&common)?;
-            let deps = deps(&s)?;
+            let (deps, sender) = deps(&s)?;
             let limit = limit.unwrap_or(deps.settings.drain_limit);
             if limit == 0 {
                 bail!(UsageError("--limit must be at least 1".into()));
@@ -269,6 +293,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 let _ = kill_tx.send(true);
             });
             let drained = remediate_executor::drain_once(&deps, limit, kill_rx).await?;
+            drop(deps);
+            if let Some(sender) = sender {
+                sender.finish(NOTIFY_FLUSH).await;
+            }
             for (id, end) in &drained.runs {
                 println!("{id}\t{}", end.label());
             }
@@ -308,6 +336,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 planner
                     .host_enabled(&host)
                     .map_err(|e| UsageError(e.to_string()))?;
+            }
+            if let Some(url) = loaded.settings.executor.notify_webhook_url.as_deref()
+                && let Err(e) = WebhookUrl::parse(url)
+            {
+                println!("warning: {e}; webhook notifications will be disabled");
             }
             println!("configuration ok (host {host})");
             Ok(ExitCode::SUCCESS)

@@ -212,3 +212,43 @@ fn run_daemon_executes_and_exits_0_on_sigterm() {
     assert!(done, "the daemon ran the run");
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn once_posts_a_dead_letter_to_the_webhook_before_it_exits() {
+    let c = Cli::new();
+    let hook = Hook::start(vec![503]);
+    let bad = c.enqueue("demo-always-fails", 1);
+    let spool = c.spool_arg();
+    let out = cmd(c.dir.path())
+        .env("VPS_REMEDIATE_NOTIFY_WEBHOOK_URL", &hook.url)
+        .args(["once", "--spool", &spool, "--host-id", "host-a"])
+        .output()
+        .expect("run the binary");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // The 503 was retried (after the default 1 s backoff) before the exit.
+    let first = hook.next();
+    let again = hook.next();
+    assert_eq!(first, again);
+    assert_eq!(first["kind"], "run.dead_lettered");
+    assert_eq!(first["runId"], bad.as_str());
+    assert_eq!(first["actionKey"], "demo-always-fails");
+}
+
+#[test]
+fn validate_config_warns_about_an_https_webhook() {
+    let c = Cli::new();
+    let out = cmd(c.dir.path())
+        .env(
+            "VPS_REMEDIATE_NOTIFY_WEBHOOK_URL",
+            "https://hooks.example.com/x",
+        )
+        .args(["validate-config", "--host-id", "host-a"])
+        .output()
+        .expect("run the binary");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("only http:// is supported"),
+        "{}",
+        text(&out.stdout)
+    );
+}

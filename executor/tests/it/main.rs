@@ -2,6 +2,7 @@
 
 mod cli;
 mod daemon;
+mod notify;
 mod outcomes;
 mod runner;
 mod util;

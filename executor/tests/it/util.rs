@@ -213,6 +213,7 @@ impl Env {
                 planner: self.planner.clone(),
                 settings,
                 events: Some(tx),
+                notifier: None,
             },
             rx,
         )
@@ -294,4 +295,65 @@ pub async fn wait_for_file(path: &Path) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("{} never appeared", path.display());
+}
+
+/// A local webhook receiver: answers each POST with the next status of
+/// `statuses` (200 once they run out) and hands over the JSON bodies.
+pub struct Hook {
+    pub url: String,
+    pub bodies: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Hook {
+    pub fn start(statuses: Vec<u16>) -> Hook {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!(
+            "http://{}/hooks/remediate",
+            listener.local_addr().expect("addr")
+        );
+        let (tx, bodies) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut statuses = statuses.into_iter();
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let mut r = BufReader::new(stream);
+                let mut len = 0usize;
+                let mut request_line = String::new();
+                let _ = r.read_line(&mut request_line);
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = r.read_exact(&mut body);
+                let status = statuses.next().unwrap_or(200);
+                let mut s = r.into_inner();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                assert!(request_line.starts_with("POST /hooks/remediate HTTP/1.1"));
+                let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        Hook { url, bodies }
+    }
+
+    /// The next body received, waiting at most a minute (a hang guard).
+    pub fn next(&self) -> serde_json::Value {
+        self.bodies
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a notification arrived within a minute")
+    }
 }
