@@ -1,8 +1,8 @@
 //! The run record and the events whose fold produces it.
 //!
-//! A record file is an append-only log of [`Event`]s; [`RunRecord::replay_log`]
-//! folds them through the state machine of [`crate::state`]. Field names are the
-//! original system's (camelCase) so API answers can expose them unchanged.
+//! A record file is an append-only log of [`Event`]s; [`crate::state::fold`]
+//! folds them through the state machine of [`crate::state`]. Field names are
+//! the original system's (camelCase) so API answers can expose them unchanged.
 
 use std::collections::BTreeMap;
 use std::fmt;
