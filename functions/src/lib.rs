@@ -8,6 +8,7 @@
 //! Routes sit with their handlers in [`routes`], one file per endpoint group.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod items;
 pub mod openapi;
@@ -100,6 +101,7 @@ pub type SharedState = Arc<AppState>;
 /// The router: every endpoint, one state.
 pub fn app(state: SharedState) -> Router {
     routes::router()
+        .merge(console::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

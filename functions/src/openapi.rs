@@ -130,6 +130,21 @@ const HOST_ID: Param = Param {
     },
 };
 
+const RUN_ID: Param = Param {
+    name: "run_id",
+    location: "path",
+    required: true,
+    description: "The run id, as the queue snapshot lists it (same characters as a host id).",
+    schema: || {
+        json!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 128,
+            "pattern": "^[A-Za-z0-9_:@-][A-Za-z0-9_.:@-]*$",
+        })
+    },
+};
+
 const AUTH_ERRORS: [(u16, &str); 2] = [
     (401, "No or wrong credentials"),
     (403, "Role too low, or a token limited to other hosts"),
@@ -348,6 +363,23 @@ pub static ROUTES: &[Route] = &[
             AUTH_ERRORS[1],
             (404, "Unknown run"),
             (409, "The run is not pending"),
+        ],
+    },
+    Route {
+        method: "get",
+        path: "/api/ops/runs/{run_id}",
+        operation_id: "getRun",
+        tag: "queue",
+        access: Access::Viewer,
+        summary: "One run with its attempt history, captured command output, canary and rollback",
+        params: &[RUN_ID],
+        body: None,
+        responses: &[
+            (200, "`{ok, run}`"),
+            (400, "Not a run id"),
+            AUTH_ERRORS[0],
+            AUTH_ERRORS[1],
+            (404, "Unknown run"),
         ],
     },
     Route {

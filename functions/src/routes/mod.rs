@@ -13,6 +13,7 @@ pub mod notify;
 pub mod queue;
 pub mod remediate;
 pub mod replay;
+pub mod runs;
 pub mod session;
 pub mod signals;
 pub mod workflow;
@@ -34,6 +35,7 @@ pub fn router() -> Router<SharedState> {
             "/api/ops/remediate-queue",
             get(queue::snapshot).post(queue::decide),
         )
+        .route("/api/ops/runs/{run_id}", get(runs::get_run))
         .route("/api/ops/remediate-replay", post(replay::replay))
         .route("/api/ops/remediate-drain", post(drain::drain))
         .route("/api/ops/remediate-hygiene", post(hygiene::hygiene))
