@@ -67,6 +67,7 @@
     if (!r) return;
     r.className = 'result ' + kind;
     r.textContent = text;
+    r.scrollIntoView({ block: 'nearest' });
   }
 
   function failure(what, e) {
@@ -182,6 +183,10 @@
     return box;
   }
 
+  function hostLink(id) {
+    return el('a', { href: '/admin/hosts/' + encodeURIComponent(id), text: id });
+  }
+
   function logoutButton() {
     const b = $('logout');
     if (!b) return;
@@ -256,7 +261,7 @@
       return el('tr', { 'data-run-id': it.runId, 'data-state': it.state },
         cell('State', el('span', {}, st, finished ? el('span', { class: 'muted', text: ' (left the queue)' }) : null), 'state-cell'),
         cell('Attempts', it.attempts + '/' + it.maxAttempts),
-        cell('Host / action', it.hostId + ' / ' + it.actionKey),
+        cell('Host / action', el('span', {}, hostLink(it.hostId), ' / ' + it.actionKey)),
         cell('Run', runLink),
         cell('Replay of', replayOf),
         cell('Next attempt', when(it.nextAttemptAt)),
@@ -391,7 +396,121 @@
       refreshSoon();
     });
 
+    workflowSteps();
     loop();
+  }
+
+  // The incident workflow's steps, run one at a time after a confirmation.
+  async function workflowSteps() {
+    const sel = $('wf-step');
+    const steps = new Map();
+    try {
+      const v = await api('GET', '/api/ops/incident-workflow');
+      sel.replaceChildren();
+      for (const wf of v.workflows) {
+        for (const st of wf.steps) {
+          const key = wf.id + '/' + st.id;
+          steps.set(key, { wf, st });
+          sel.append(el('option', { value: key, text: wf.title + ': ' + st.title }));
+        }
+      }
+    } catch (e) {
+      sel.replaceChildren(el('option', { value: '', text: 'Workflows unavailable: ' + e.message }));
+    }
+    $('wf-run').addEventListener('click', async () => {
+      const picked = steps.get(sel.value);
+      if (!picked) { say('error', 'Run step: choose a workflow step first.'); return; }
+      const { wf, st } = picked;
+      const ok = await confirmStep('Run workflow step', 'Run "' + st.title + '" of "' + wf.title + '" now?', false);
+      if (!ok) { say('info', 'Workflow step canceled: nothing was changed.'); return; }
+      try {
+        const v = await api('POST', '/api/ops/incident-workflow', { workflowId: wf.id, stepId: st.id, payload: st.defaultPayload });
+        say('ok', 'Step "' + st.title + '" done: ' + stepSummary(v.result) + '.');
+      } catch (e) {
+        failure('Workflow step "' + st.title + '"', e);
+      }
+    });
+  }
+
+  function stepSummary(r) {
+    if (!r || typeof r !== 'object') return String(r);
+    if (Array.isArray(r.drained)) return r.drained.length + ' run(s) drained';
+    if (r.considered !== undefined && r.replayed !== undefined) return r.replayed + ' of ' + r.considered + ' DLQ runs replayed';
+    if (r.counts) return Object.entries(r.counts).filter(([, n]) => n).map(([k, n]) => k + ' ' + n).join(', ') || 'the queue is empty';
+    if (r.validatedBy) return 'validated by ' + r.validatedBy;
+    const text = JSON.stringify(r);
+    return text.length > 300 ? text.slice(0, 300) + '…' : text;
+  }
+
+  // ---- host page ----
+  function hostPage() {
+    const hostId = document.body.dataset.hostId;
+    const admin = document.body.dataset.role === 'admin';
+    let guardKeys = new Set();
+
+    function render(v) {
+      const eff = v.effective;
+      guardKeys = new Set(Object.keys(eff.guard || {}));
+      $('profile').value = v.raw.remediationPolicyProfile || 'balanced';
+      $('enabled').checked = v.raw.enabled !== false;
+      const over = Object.assign({}, v.raw.remediationPolicyOverrides || {}, v.raw.remediationGuardOverrides || {});
+      const rows = (eff.explain || []).map((x) => {
+        const input = el('input', { type: 'text', id: 'ovr-' + x.key, 'data-knob': x.key,
+          'aria-label': 'Host override for ' + x.key, disabled: !admin,
+          value: x.key in over ? (typeof over[x.key] === 'string' ? over[x.key] : JSON.stringify(over[x.key])) : '' });
+        return el('tr', { 'data-knob': x.key },
+          el('th', { scope: 'row', 'data-label': 'Knob' }, el('code', { text: x.key }), el('br'), el('span', { class: 'muted', text: x.variable })),
+          el('td', { 'data-label': 'Effective value', class: 'knob-value', text: x.value === null ? 'unset' : (typeof x.value === 'string' ? x.value : JSON.stringify(x.value)) }),
+          el('td', { 'data-label': 'Set by', class: 'knob-layer', text: x.layer }),
+          el('td', { 'data-label': 'Host override' }, input));
+      });
+      $('knob-rows').replaceChildren(...rows);
+      $('updated').textContent = (v.registered ? 'Registered' : 'Not registered yet: saving registers it') +
+        ' · profile ' + eff.profile + ' · ' + (eff.enabled ? 'enabled' : 'disabled');
+    }
+
+    async function load() {
+      try {
+        render(await api('GET', '/api/hosts/' + encodeURIComponent(hostId)));
+      } catch (e) {
+        $('updated').textContent = 'Could not load the host: ' + e.message + (e.status ? ' (HTTP ' + e.status + ')' : '') + '.';
+      }
+    }
+
+    // An override is JSON when it parses (numbers, booleans), else text.
+    function parseValue(text) {
+      try { return JSON.parse(text); } catch (e) { return text; }
+    }
+
+    $('edit-note').hidden = admin;
+    $('save').hidden = !admin;
+    $('profile').disabled = !admin;
+    $('enabled').disabled = !admin;
+    $('host-form').addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const doc = {
+        remediationPolicyProfile: $('profile').value,
+        enabled: $('enabled').checked,
+        remediationPolicyOverrides: {},
+        remediationGuardOverrides: {},
+      };
+      for (const input of document.querySelectorAll('input[data-knob]')) {
+        const t = input.value.trim();
+        if (!t) continue;
+        const k = input.dataset.knob;
+        (guardKeys.has(k) ? doc.remediationGuardOverrides : doc.remediationPolicyOverrides)[k] = parseValue(t);
+      }
+      try {
+        const v = await api('PUT', '/api/hosts/' + encodeURIComponent(hostId), doc);
+        render(v);
+        const n = Object.keys(doc.remediationPolicyOverrides).length + Object.keys(doc.remediationGuardOverrides).length;
+        say('ok', 'Saved host ' + hostId + ': profile ' + doc.remediationPolicyProfile + ', ' +
+          (doc.enabled ? 'enabled' : 'disabled') + ', ' + n + ' override' + (n === 1 ? '' : 's') + '.');
+      } catch (e) {
+        failure('Saving host ' + hostId, e);
+      }
+    });
+    load();
   }
 
   // ---- run page ----
@@ -412,7 +531,7 @@
       dl.replaceChildren();
       dt(dl, 'State', el('span', { class: 'state state-' + r.state, id: 'run-state', text: r.state }));
       dt(dl, 'Attempts', r.attempts + '/' + r.maxAttempts);
-      dt(dl, 'Host', r.hostId);
+      dt(dl, 'Host', hostLink(r.hostId));
       dt(dl, 'Action', r.actionKey);
       dt(dl, 'Parameters', el('code', { text: JSON.stringify(r.params || {}) }));
       dt(dl, 'Requested', when(r.requestedAt) + ' by ' + dash(r.requestedBy));
@@ -506,5 +625,6 @@
     if (page === 'login') loginPage();
     else if (page === 'queue') queuePage();
     else if (page === 'run') runPage();
+    else if (page === 'host') hostPage();
   });
 })();

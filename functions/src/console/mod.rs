@@ -18,6 +18,7 @@ use crate::{Ctx, SharedState};
 const LOGIN_HTML: &str = include_str!("login.html");
 const QUEUE_HTML: &str = include_str!("queue.html");
 const RUN_HTML: &str = include_str!("run.html");
+const HOST_HTML: &str = include_str!("host.html");
 const ERROR_HTML: &str = include_str!("error.html");
 const CONSOLE_CSS: &str = include_str!("console.css");
 const CONSOLE_JS: &str = include_str!("console.js");
@@ -34,6 +35,7 @@ pub fn router() -> Router<SharedState> {
         .route("/admin", get(queue_page))
         .route("/admin/login", get(login_page))
         .route("/admin/runs/{run_id}", get(run_page))
+        .route("/admin/hosts/{host_id}", get(host_page))
         .route("/admin/assets/console.css", get(css))
         .route("/admin/assets/console.js", get(js))
 }
@@ -128,9 +130,41 @@ async fn run_page(State(st): State<SharedState>, ctx: Ctx, Path(run_id): Path<St
         }
         Err(e) => {
             let body = page(ERROR_HTML, &who)
+                .replace("{{title}}", "Cannot show this run")
                 .replace("{{status}}", e.status.as_str())
                 .replace("{{message}}", &esc(&e.message));
             html(e.status, body)
+        }
+    }
+}
+
+async fn host_page(
+    State(st): State<SharedState>,
+    ctx: Ctx,
+    Path(host_id): Path<String>,
+) -> Response {
+    let Some(who) = signed_in(&st, &ctx) else {
+        return to_login();
+    };
+    let problem = match remediate_spool::HostId::parse(&host_id) {
+        Err(e) => Some((StatusCode::BAD_REQUEST, e.to_string())),
+        Ok(h) if !who.may_touch(h.as_str()) => Some((
+            StatusCode::FORBIDDEN,
+            format!("token {:?} may not act on host {h}", who.name),
+        )),
+        Ok(_) => None,
+    };
+    match problem {
+        None => html(
+            StatusCode::OK,
+            page(HOST_HTML, &who).replace("{{host_id}}", &esc(&host_id)),
+        ),
+        Some((status, message)) => {
+            let body = page(ERROR_HTML, &who)
+                .replace("{{title}}", "Cannot show this host")
+                .replace("{{status}}", status.as_str())
+                .replace("{{message}}", &esc(&message));
+            html(status, body)
         }
     }
 }
@@ -157,7 +191,7 @@ mod tests {
 
     #[test]
     fn pages_load_only_their_own_assets() {
-        for p in [LOGIN_HTML, QUEUE_HTML, RUN_HTML, ERROR_HTML] {
+        for p in [LOGIN_HTML, QUEUE_HTML, RUN_HTML, HOST_HTML, ERROR_HTML] {
             assert!(!p.contains("<script>"), "no inline script");
             assert!(!p.contains(" style=\""), "no inline style");
             assert!(p.contains("/admin/assets/console.js"));

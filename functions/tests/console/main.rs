@@ -7,6 +7,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
+use fantoccini::key::Key;
 use fantoccini::{Client, Locator};
 use serde_json::json;
 
@@ -167,13 +168,34 @@ async fn operators_log_in_approve_reject_and_replay_in_chromium() {
     assert_eq!(same, json!(true), "the page reloaded");
     assert_eq!(api.run(&approve_me)["approval"]["decidedBy"], "admin");
 
-    // Reject another, with a reason.
-    act(
-        c,
-        &format!("reject:{reject_me}"),
-        Some("not during business hours"),
-    )
+    // Reject another, with a reason, by keyboard only: Enter on the
+    // button, type into the focused reason field, Tab to Confirm, Enter.
+    let enter = Key::Enter.to_string();
+    c.find(Locator::Css(&format!(
+        "button[data-key='reject:{reject_me}']"
+    )))
+    .await
+    .unwrap()
+    .send_keys(&enter)
+    .await
+    .unwrap();
+    until("the reject dialog", async || {
+        c.find(Locator::Css("dialog#confirm[open]")).await.ok()
+    })
     .await;
+    let focused = c.active_element().await.unwrap();
+    assert_eq!(focused.attr("id").await.unwrap().as_deref(), Some("reason"));
+    focused
+        .send_keys("not during business hours")
+        .await
+        .unwrap();
+    focused.send_keys(&Key::Tab.to_string()).await.unwrap();
+    let focused = c.active_element().await.unwrap();
+    assert_eq!(
+        focused.attr("id").await.unwrap().as_deref(),
+        Some("confirm-ok")
+    );
+    focused.send_keys(&enter).await.unwrap();
     wait_text(c, "#result", &format!("Rejected run {reject_me}")).await;
     wait_row_state(c, &reject_me, "rejected").await;
     assert_eq!(
@@ -225,6 +247,17 @@ async fn operators_log_in_approve_reject_and_replay_in_chromium() {
     })
     .await;
 
+    // An incident workflow step, confirmed, reports in words.
+    c.find(Locator::Id("wf-step"))
+        .await
+        .unwrap()
+        .select_by_value("critical-triage/status-snapshot")
+        .await
+        .unwrap();
+    click(c, "#wf-run").await;
+    confirm(c, None).await;
+    wait_text(c, "#result", "Step \"Snapshot the queue\" done:").await;
+
     // Readable at 390 px: nothing wider than the screen.
     click(c, "input[name='filter'][value='all']").await;
     c.set_window_size(390, 844).await.unwrap();
@@ -264,8 +297,58 @@ async fn operators_log_in_approve_reject_and_replay_in_chromium() {
         .map(|png| save(&shots.join("console-run.png"), &png))
         .unwrap();
 
+    // The host's page: each knob's effective value and the layer that set
+    // it; an admin edits an override, and a wrong one is refused in words.
+    c.goto(&format!("{base}/admin/hosts/console-a"))
+        .await
+        .unwrap();
+    wait_text(c, "tr[data-knob='maxRetryAttempts'] .knob-layer", "host").await;
+    wait_text(
+        c,
+        "tr[data-knob='retryBackoffSeconds'] .knob-layer",
+        "default",
+    )
+    .await;
+    let field = c
+        .find(Locator::Id("ovr-retryBackoffSeconds"))
+        .await
+        .unwrap();
+    field.send_keys("7").await.unwrap();
+    click(c, "#save").await;
+    wait_text(
+        c,
+        "#result",
+        "Saved host console-a: profile balanced, enabled, 2 overrides",
+    )
+    .await;
+    wait_text(c, "tr[data-knob='retryBackoffSeconds'] .knob-layer", "host").await;
+    wait_text(c, "tr[data-knob='retryBackoffSeconds'] .knob-value", "7").await;
+    let (_, v) = api.call("GET", "/api/hosts/console-a", None);
+    assert_eq!(
+        v["raw"]["remediationPolicyOverrides"]["retryBackoffSeconds"],
+        7
+    );
+    let field = c.find(Locator::Id("ovr-maxRetryAttempts")).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys("99").await.unwrap();
+    click(c, "#save").await;
+    wait_text(c, "#result", "Saving host console-a failed:").await;
+    let (_, v) = api.call("GET", "/api/hosts/console-a", None);
+    assert_eq!(
+        v["raw"]["remediationPolicyOverrides"]["maxRetryAttempts"],
+        1
+    );
+    c.screenshot()
+        .await
+        .map(|png| save(&shots.join("console-host.png"), &png))
+        .unwrap();
+
     // No secret is ever rendered.
-    for page in ["/admin", &format!("/admin/runs/{approve_me}")] {
+    for page in [
+        "/admin",
+        &format!("/admin/runs/{approve_me}"),
+        "/admin/hosts/console-a",
+    ] {
         c.goto(&format!("{base}{page}")).await.unwrap();
         let html = c.source().await.unwrap();
         assert!(!html.contains(ADMIN), "{page} shows the token");
@@ -309,6 +392,8 @@ fn pages_and_their_json_need_the_session() {
         None,
     );
     assert_eq!(r.status, 303, "a forged cookie is no session");
+    let r = http(a, "GET", "/admin/hosts/console-a", &[], None);
+    assert_eq!(r.status, 303, "the host page needs the session too");
     assert_eq!(http(a, "GET", "/admin/login", &[], None).status, 200);
     assert_eq!(
         http(a, "GET", "/admin/assets/console.js", &[], None).status,
