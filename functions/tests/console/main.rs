@@ -285,6 +285,11 @@ async fn operators_log_in_approve_reject_and_replay_in_chromium() {
     wait_text(c, "#run-state", "succeeded").await;
     let attempts = wait_text(c, "#attempts", "Attempt 1").await;
     assert!(attempts.contains("stdout"), "{attempts}");
+    // demo-approval has a canary check: its output and verdict are shown.
+    assert!(
+        attempts.contains("canary: ") && attempts.contains("canary passed: yes"),
+        "{attempts}"
+    );
     let outputs = c
         .find_all(Locator::Css("#attempts article.output"))
         .await
