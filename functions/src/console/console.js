@@ -325,9 +325,9 @@
             }
             finished.push(s.item);
           }
-          // Newest first, and only a few.
+          // Newest first, and only a few; forget the rest.
           finished.reverse();
-          finished.splice(25);
+          for (const old of finished.splice(25)) seen.delete(old.runId);
         }
         render(snap.items, finished);
         $('updated').textContent = 'Updated ' + new Date().toLocaleTimeString() + ' · refreshes every ' + (POLL_MS / 1000) + ' s';

@@ -33,6 +33,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 pub fn router() -> Router<SharedState> {
     Router::new()
         .route("/admin", get(queue_page))
+        .route("/admin/", get(|| async { Redirect::permanent("/admin") }))
         .route("/admin/login", get(login_page))
         .route("/admin/runs/{run_id}", get(run_page))
         .route("/admin/hosts/{host_id}", get(host_page))

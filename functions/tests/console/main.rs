@@ -397,6 +397,8 @@ fn pages_and_their_json_need_the_session() {
         None,
     );
     assert_eq!(r.status, 303, "a forged cookie is no session");
+    let r = http(a, "GET", "/admin/", &[], None);
+    assert_eq!(r.header("location").as_deref(), Some("/admin"));
     let r = http(a, "GET", "/admin/hosts/console-a", &[], None);
     assert_eq!(r.status, 303, "the host page needs the session too");
     assert_eq!(http(a, "GET", "/admin/login", &[], None).status, 200);
