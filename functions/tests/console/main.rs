@@ -348,6 +348,33 @@ async fn operators_log_in_approve_reject_and_replay_in_chromium() {
         .map(|png| save(&shots.join("console-host.png"), &png))
         .unwrap();
 
+    // The run and host pages are readable at 390 px too.
+    c.set_window_size(390, 844).await.unwrap();
+    for page in [
+        format!("/admin/runs/{approve_me}"),
+        "/admin/hosts/console-a".to_string(),
+    ] {
+        c.goto(&format!("{base}{page}")).await.unwrap();
+        until(&format!("{page} loaded"), async || {
+            text_of(c, "#updated")
+                .await
+                .filter(|t| !t.starts_with("Loading"))
+        })
+        .await;
+        let overflow = c
+            .execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            overflow.as_i64().unwrap() <= 0,
+            "{page} is wider than 390 px by {overflow}"
+        );
+    }
+    c.set_window_size(1280, 900).await.unwrap();
+
     // No secret is ever rendered.
     for page in [
         "/admin",
