@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -227,6 +228,8 @@ fn which(name: &str) -> Option<PathBuf> {
 /// chromedriver and headless Chromium, with a fresh profile.
 pub struct Browser {
     pub client: Client,
+    /// chromedriver's process group, which holds the browser too.
+    driver_group: i32,
     _driver: Proc,
     _profile: tempfile::TempDir,
 }
@@ -257,12 +260,16 @@ pub async fn start_browser() -> Browser {
         .and_then(|l| l.local_addr())
         .unwrap()
         .port();
+    // Its own process group: the browser it starts is in it too, so a
+    // failed test (no `close()`) still ends the browser (see `Browser`).
     let child = Command::new(&driver)
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver.display()));
+    let driver_group = child.id() as i32;
     let driver_proc = Proc(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -296,8 +303,18 @@ pub async fn start_browser() -> Browser {
         .unwrap_or_else(|e| panic!("chromedriver would not start Chromium: {e}"));
     Browser {
         client,
+        driver_group,
         _driver: driver_proc,
         _profile: profile,
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.driver_group),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

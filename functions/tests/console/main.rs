@@ -394,7 +394,7 @@ async fn operators_log_in_approve_reject_and_replay_in_chromium() {
     .await;
     c.goto(&format!("{base}/admin")).await.unwrap();
     assert_eq!(path_of(c).await, "/admin/login");
-    browser.client.close().await.unwrap();
+    c.clone().close().await.unwrap();
 }
 
 #[test]
