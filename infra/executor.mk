@@ -13,13 +13,16 @@ OPS_SPOOL ?= ./var/spool
 OPS_HOST_ID ?= $(shell hostname)
 EXECUTOR_UNIT := infra/systemd/remediate-executor.service
 EXECUTOR_RELEASE_BIN := target/release/remediate-executor
+API_UNIT := infra/systemd/remediate-api.service
+API_RELEASE_BIN := target/release/remediate-api
 # sudo for the install steps; empty when already root.
 SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Runs a command here, or on VPS_HOST over ssh.
 ON_HOST = $(if $(VPS_HOST),ssh $(VPS_HOST),sh -c)
 
 .PHONY: ops-worker ops-worker-once vps-ops-worker-install vps-ops-worker-status \
-	vps-ops-worker-logs vps-ops-worker-remove executor-unit-verify soak soak-ci
+	vps-ops-worker-logs vps-ops-worker-remove executor-unit-verify api-unit-verify \
+	units-verify vps-api-install soak soak-ci
 
 ops-worker: ## Run the executor daemon in the foreground on ./var/spool (OPS_SPOOL, OPS_HOST_ID)
 	mkdir -p $(dir $(OPS_SPOOL)) && chmod 700 $(dir $(OPS_SPOOL))
@@ -55,12 +58,38 @@ vps-ops-worker-remove: ## Stop, disable and remove the executor service; keeps t
 	  $(if $(VPS_HOST),sudo,$(SUDO)) rm -f /etc/systemd/system/remediate-executor.service /usr/local/bin/remediate-executor; \
 	  $(if $(VPS_HOST),sudo,$(SUDO)) systemctl daemon-reload'
 
+# systemd-analyze verify checks that ExecStart's binary exists: point the
+# unit at this checkout's debug build in a temporary copy. It exits 0 on an
+# unknown or misspelt key and only prints a warning, so any output fails.
+VERIFY_UNIT = tmp=$$(mktemp -d) && \
+	sed "s|/usr/local/bin/$(1)|$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/$(1)|g" \
+	  $(2) > $$tmp/$(notdir $(2)) && \
+	systemd-analyze verify $$tmp/$(notdir $(2)) > $$tmp/out 2>&1; rc=$$?; cat $$tmp/out; \
+	if [ $$rc = 0 ] && [ -s $$tmp/out ]; then rc=1; fi; rm -rf $$tmp; \
+	[ $$rc = 0 ] && echo "$(notdir $(2)): ok"; exit $$rc
+
 executor-unit-verify: ## Check the executor unit with systemd-analyze verify (against a debug build)
 	$(CARGO) build -p remediate-executor
-	@tmp=$$(mktemp -d) && \
-	sed "s|/usr/local/bin/remediate-executor|$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/remediate-executor|g" \
-	  $(EXECUTOR_UNIT) > $$tmp/remediate-executor.service && \
-	systemd-analyze verify $$tmp/remediate-executor.service; rc=$$?; rm -rf $$tmp; exit $$rc
+	@$(call VERIFY_UNIT,remediate-executor,$(EXECUTOR_UNIT))
+
+api-unit-verify: ## Check the API server unit with systemd-analyze verify (against a debug build)
+	$(CARGO) build -p remediate-functions
+	@$(call VERIFY_UNIT,remediate-api,$(API_UNIT))
+
+units-verify: executor-unit-verify api-unit-verify ## Check both systemd units (CI)
+
+vps-api-install: ## Build and install the local API server's systemd service (here, or on VPS_HOST over ssh)
+	$(CARGO) build --release --locked -p remediate-functions
+ifeq ($(VPS_HOST),)
+	$(SUDO) install -m 0755 $(API_RELEASE_BIN) /usr/local/bin/remediate-api
+	$(SUDO) install -m 0644 $(API_UNIT) /etc/systemd/system/remediate-api.service
+	$(SUDO) sh infra/systemd/install-api.sh
+else
+	scp $(API_RELEASE_BIN) $(API_UNIT) infra/systemd/install-api.sh $(VPS_HOST):/tmp/
+	ssh $(VPS_HOST) 'sudo install -m 0755 /tmp/remediate-api /usr/local/bin/remediate-api && \
+	  sudo install -m 0644 /tmp/remediate-api.service /etc/systemd/system/remediate-api.service && \
+	  sudo sh /tmp/install-api.sh && rm -f /tmp/remediate-api /tmp/remediate-api.service /tmp/install-api.sh'
+endif
 
 # The crash soak drives the real binary, so build it first (the tests crate
 # finds it beside its own test binaries). SOAK_SEED=<n> replays a schedule.
