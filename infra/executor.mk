@@ -22,7 +22,7 @@ ON_HOST = $(if $(VPS_HOST),ssh $(VPS_HOST),sh -c)
 
 .PHONY: ops-worker ops-worker-once vps-ops-worker-install vps-ops-worker-status \
 	vps-ops-worker-logs vps-ops-worker-remove executor-unit-verify api-unit-verify \
-	units-verify vps-api-install soak soak-ci
+	units-verify vps-api-install soak soak-ci bench-executor
 
 ops-worker: ## Run the executor daemon in the foreground on ./var/spool (OPS_SPOOL, OPS_HOST_ID)
 	mkdir -p $(dir $(OPS_SPOOL)) && chmod 700 $(dir $(OPS_SPOOL))
@@ -90,6 +90,9 @@ else
 	  sudo install -m 0644 /tmp/remediate-api.service /etc/systemd/system/remediate-api.service && \
 	  sudo sh /tmp/install-api.sh && rm -f /tmp/remediate-api /tmp/remediate-api.service /tmp/install-api.sh'
 endif
+
+bench-executor: ## Executor benchmarks (release): pickup latency, /usr/bin/true throughput vs a bare loop, RSS idle and with 100k queued
+	$(CARGO) bench --locked -p remediate-executor --bench executor
 
 # The crash soak drives the real binary, so build it first (the tests crate
 # finds it beside its own test binaries). SOAK_SEED=<n> replays a schedule.
