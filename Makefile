@@ -22,7 +22,7 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: bench-spool bench-http ## Run every benchmark (release build; prints figures as ratios)
+bench: bench-spool bench-http bench-executor ## Run every benchmark (release build; prints figures as ratios)
 
 bench-spool: ## Spool benchmarks: durable enqueue vs bare loop and SQLite, claim, snapshot
 	$(CARGO) bench --locked -p remediate-spool --bench spool
