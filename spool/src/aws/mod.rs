@@ -1276,7 +1276,7 @@ impl Store for S3SqsStore {
             let r = &f.record;
             if r.state != RunState::Queued
                 || millis(r.due_at()) > now_ms
-                || busy_actions.iter().any(|a| *a == r.action_key)
+                || busy_actions.contains(&r.action_key)
             {
                 continue;
             }
