@@ -188,9 +188,18 @@ pub async fn claim_start_complete(s: &dyn Store) {
     assert_eq!(started.state, RunState::Running);
     assert_eq!(started.attempts, 1);
     assert!(started.open_attempt().is_some());
-    // Claimed runs count as running, started or not.
+    // Claimed runs count and list as running, started or not.
     let c = s.counts(Some(h.clone())).await.unwrap();
     assert_eq!((c.running, c.queued), (2, 0));
+    let running = s
+        .list(ListQuery {
+            host: Some(h.clone()),
+            buckets: vec![Bucket::Running],
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&running), vec![a.run_id.clone(), b.run_id.clone()]);
     illegal(s.start_attempt(&a.run_id).await, RunState::Running);
     let noted = s
         .append_event(&a.run_id, "progress", json!({"step": 1}))
