@@ -38,7 +38,7 @@
 //!   `412 Precondition Failed` means someone else wrote first: the move
 //!   returns [`SpoolError::Conflict`] and nothing is written, never a silent
 //!   overwrite. A `409 ConditionalRequestConflict` (another conditional write
-//!   on the key in flight) is retried with backoff ([`retry`]).
+//!   on the key in flight) is retried with backoff (module `retry`).
 //! * After the commit the index entry of the new version is written and the
 //!   old one deleted. A crash in between leaves a missing or stale entry:
 //!   readers drop entries older than the newest of the same run and re-check
@@ -69,7 +69,7 @@
 //!   `spool/tests/store/moto_serial.py`, which wraps that one method in a
 //!   lock and changes nothing else;
 //! * it never answers `409 ConditionalRequestConflict`, so the retry of a
-//!   409 ([`retry`]) is unit-tested with a fake instead.
+//!   409 (module `retry`) is unit-tested with a fake instead.
 //!
 mod keys;
 mod retry;
@@ -904,9 +904,14 @@ impl S3SqsStore {
     // ----- the executor's write-back -----
 
     /// Writes the executor's newer copy of a run back to S3 with `If-Match`
-    /// CAS, retrying on conflict by re-reading; never replaces a record with
-    /// one that is less far along (see [`progress`]): that is `Stale`. A run
-    /// missing in S3 (pruned) is created again.
+    /// CAS, retrying on conflict by re-reading (up to 16 times, then
+    /// `Conflict`). It never replaces a record with one that is not further
+    /// along: that is `Stale`, and nothing is written. "Further along"
+    /// compares, in order: attempts started, whether the last attempt
+    /// finished, terminal or not, then the last change time. The copy is
+    /// appended as a `mirrored` event, so S3's log keeps its history, and
+    /// notes the API added in S3 meanwhile are kept. A run missing in S3
+    /// (pruned) is created again.
     pub async fn mirror(&self, record: &RunRecord) -> Result<MirrorOutcome> {
         let host = &record.host_id;
         let id = &record.run_id;
