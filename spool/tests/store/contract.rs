@@ -454,3 +454,27 @@ pub async fn prune_finished(s: &dyn Store) {
     let c = s.counts(Some(h)).await.unwrap();
     assert_eq!((c.queued, c.canceled, c.dlq), (1, 0, 0));
 }
+
+/// Concurrent enqueues with one idempotency key create one run; every
+/// caller gets that run.
+pub async fn concurrent_same_key_creates_one(s: &dyn Store) {
+    let h = host("api-1");
+    let keyed = NewRun {
+        idempotency_key: Some(IdemKey::parse("retry-storm").unwrap()),
+        ..run(&h, "restart")
+    };
+    let (a, b, c, d) = tokio::join!(
+        s.enqueue(keyed.clone()),
+        s.enqueue(keyed.clone()),
+        s.enqueue(keyed.clone()),
+        s.enqueue(keyed.clone())
+    );
+    let all = [a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()];
+    assert_eq!(
+        all.iter().filter(|e| e.created).count(),
+        1,
+        "exactly one creator"
+    );
+    assert!(all.iter().all(|e| e.record.run_id == all[0].record.run_id));
+    assert_eq!(s.counts(Some(h)).await.unwrap().queued, 1);
+}
