@@ -68,8 +68,10 @@
 //!   write as one step. The tests therefore start moto through
 //!   `spool/tests/store/moto_serial.py`, which wraps that one method in a
 //!   lock and changes nothing else;
-//! * it never answers `409 ConditionalRequestConflict`, so the retry of a
-//!   409 (module `retry`) is unit-tested with a fake instead.
+//! * it never answers `409 ConditionalRequestConflict`. The retry loop
+//!   (module `retry`) is unit-tested, and `moto_serial.py` also answers 409
+//!   to every other conditional PUT under `hosts/c409-`, so a test drives
+//!   the store's classification and retry of a real 409 response.
 //!
 mod keys;
 mod retry;

@@ -409,3 +409,32 @@ async fn two_writers_approve_one_run_exactly_one_wins_1000_rounds() {
         "one pointer per round"
     );
 }
+
+/// S3's 409 ConditionalRequestConflict is retried: moto_serial.py answers
+/// 409 to every other conditional PUT under `hosts/c409-`, so without the
+/// retry each of these moves would fail with a backend error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_409_conditional_request_conflict_is_retried() {
+    let Some(s) = fresh_store().await else { return };
+    let h = host("c409-web");
+    let r = s.enqueue(held(&h, "restart")).await.unwrap();
+    assert!(r.created);
+    let id = r.record.run_id;
+    let a = s.approve(&id, "alice", None).await.unwrap();
+    assert_eq!(a.state, RunState::Queued);
+    s.claim_next(&h, vec![]).await.unwrap().unwrap();
+    s.start_attempt(&id).await.unwrap();
+    let done = s.complete(&id, ok_result()).await.unwrap();
+    assert_eq!(done.state, RunState::Succeeded);
+    assert_eq!(s.get(&id).await.unwrap(), Some(done));
+    // A lost race is still a 412 and a conflict, 409s or not.
+    let h2 = host("c409-db");
+    let id2 = s.enqueue(held(&h2, "x")).await.unwrap().record.run_id;
+    let w2 = store_for(s.config().clone()).await;
+    let (x, y) = tokio::join!(s.approve(&id2, "a", None), w2.approve(&id2, "b", None));
+    assert_eq!(
+        [&x, &y].iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{x:?} {y:?}"
+    );
+}

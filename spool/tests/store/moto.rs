@@ -3,8 +3,9 @@
 //!
 //! It runs through `moto_serial.py`, which makes moto's conditional PutObject
 //! atomic (moto checks `If-Match` and writes later without a lock; S3 does
-//! both in one step): see that file. moto also never answers 409
-//! ConditionalRequestConflict, so the store's 409 retry is unit-tested.
+//! both in one step), and answers 409 ConditionalRequestConflict (which moto
+//! never does) to every other conditional PUT under `hosts/c409-`: see that
+//! file.
 //!
 //! moto runs under a small `sh` that holds a pipe from this process on its
 //! stdin: when this process exits (normally, by panic or by SIGKILL) the
