@@ -919,10 +919,16 @@ impl S3SqsStore {
         let id = &record.run_id;
         for n in 0..16u32 {
             let Some(cur) = self.fetch(host, id).await? else {
+                // The pointer lets the API find the run by id. A host's
+                // executor may write only under `hosts/<host>/` (IAM): then
+                // the run is still listed in snapshots, just not found by id.
                 let key = keys::pointer_key(id);
-                let _ = self
+                if let Err(e) = self
                     .put_conditional(&key, host.as_str().as_bytes(), None)
-                    .await?;
+                    .await
+                {
+                    tracing::warn!(run_id = %id, error = %e, "mirror: could not write the run's id pointer");
+                }
                 let ev = Event {
                     seq: 0,
                     at: record.requested_at,
