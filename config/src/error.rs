@@ -20,8 +20,9 @@ pub enum Problem {
     NotAllowed,
     /// The value has the right type but is malformed (bad regex, bad URL...).
     Invalid(String),
-    /// The setting is unset but another setting needs it (the text says which).
-    Required(String),
+    /// The setting is unset but another setting needs it (the text says
+    /// which, e.g. "required when VPS_REMEDIATE_STORE=aws").
+    Required(&'static str),
 }
 
 impl Problem {
@@ -43,7 +44,8 @@ impl fmt::Display for Problem {
             Problem::OutOfRange => f.write_str("out of range"),
             Problem::WrongType { expected } => write!(f, "not {expected}"),
             Problem::NotAllowed => f.write_str("not an allowed value"),
-            Problem::Invalid(why) | Problem::Required(why) => f.write_str(why),
+            Problem::Invalid(why) => f.write_str(why),
+            Problem::Required(why) => f.write_str(why),
         }
     }
 }

@@ -242,7 +242,7 @@ fn store_error(values: &Values, file_origin: &str) -> Option<ConfigError> {
     Some(ConfigError::InvalidValue {
         name: bucket.env.to_owned(),
         value: "(unset)".to_owned(),
-        problem: Problem::Required(format!("required when {}=aws", store.env)),
+        problem: Problem::Required("required when VPS_REMEDIATE_STORE=aws"),
         allowed: bucket.allowed(),
         origin: format!("{} from {}", store.env, origin(layer, store, file_origin)),
     })
