@@ -196,3 +196,88 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Starts the binary as Lambda would, with a runtime API nobody answers
+/// on, and returns its exit status and stderr: every case here must fail
+/// at startup, before it polls for an invocation.
+fn start_failure(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let task_root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(task_root.path().join("var")).unwrap();
+    std::fs::write(task_root.path().join("var/tokens.toml"), tokens_toml()).unwrap();
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_remediate-api"))
+        .current_dir(work.path())
+        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+        .env("AWS_LAMBDA_FUNCTION_NAME", "remediate-api")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("LAMBDA_TASK_ROOT", task_root.path())
+        .env("VPS_REMEDIATE_SPOOL_DIR", work.path().join("spool"))
+        .env("VPS_REMEDIATE_CATALOG", "demo")
+        .env_remove("VPS_REMEDIATE_SESSION_KEY")
+        .env_remove("VPS_REMEDIATE_STORE")
+        .env_remove("VPS_REMEDIATE_S3_BUCKET")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn under_lambda_the_session_key_must_be_configured() {
+    let (status, stderr) = start_failure(&[]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("VPS_REMEDIATE_SESSION_KEY is required under Lambda"),
+        "{stderr}"
+    );
+    let (status, stderr) = start_failure(&[("VPS_REMEDIATE_SESSION_KEY", "too-short")]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("config error: VPS_REMEDIATE_SESSION_KEY=<redacted>: too short"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("too-short\""), "the key leaked: {stderr}");
+}
+
+#[test]
+fn under_lambda_the_aws_store_needs_a_bucket_and_the_aws_build() {
+    let (status, stderr) = start_failure(&[
+        ("VPS_REMEDIATE_SESSION_KEY", SESSION_KEY),
+        ("VPS_REMEDIATE_STORE", "aws"),
+    ]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(
+            "config error: VPS_REMEDIATE_S3_BUCKET=(unset): required when VPS_REMEDIATE_STORE=aws"
+        ),
+        "{stderr}"
+    );
+    #[cfg(not(feature = "aws"))]
+    {
+        let (status, stderr) = start_failure(&[
+            ("VPS_REMEDIATE_SESSION_KEY", SESSION_KEY),
+            ("VPS_REMEDIATE_STORE", "aws"),
+            ("VPS_REMEDIATE_S3_BUCKET", "runs-bucket"),
+        ]);
+        assert!(!status.success());
+        assert!(
+            stderr.contains("this binary was built without AWS support (feature aws)"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn under_lambda_a_local_spool_must_be_under_tmp() {
+    let (status, stderr) = start_failure(&[
+        ("VPS_REMEDIATE_SESSION_KEY", SESSION_KEY),
+        ("VPS_REMEDIATE_SPOOL_DIR", "/var/lib/vps-remediate"),
+    ]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("under Lambda only /tmp is writable"),
+        "{stderr}"
+    );
+}
