@@ -221,7 +221,10 @@ fn start_failure(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
