@@ -793,10 +793,11 @@ impl Knob {
 
     /// How a value is shown in an error message.
     pub(crate) fn shown(&self, raw: &Raw) -> String {
-        if self.is_secret() {
-            "<redacted>".to_owned()
-        } else {
-            raw.shown()
+        match (self.kind, raw) {
+            _ if self.is_secret() => "<redacted>".to_owned(),
+            // A URL's user info is a credential: never echo it.
+            (Kind::Url, Raw::Str(s)) => quote(&redact_userinfo(s)),
+            _ => raw.shown(),
         }
     }
 
@@ -1009,6 +1010,19 @@ pub fn is_ident(s: &str) -> bool {
     s.len() <= 64
         && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `scheme://user:password@host/...` -> `scheme://<redacted>@host/...`.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://<redacted>@{host}{tail}"),
+        None => url.to_owned(),
+    }
 }
 
 fn check_url(t: &str) -> Result<(), String> {

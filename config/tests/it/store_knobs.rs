@@ -275,3 +275,39 @@ fn aws_names_are_read_only_unprefixed_and_prefixed_look_alikes_are_warned_about(
         Ok(())
     });
 }
+
+#[test]
+fn the_tokens_file_defaults_to_var_and_follows_the_environment() {
+    jail(|jail| {
+        let loaded = Loader::new().load().expect("defaults");
+        assert_eq!(
+            loaded.settings.tokens_file,
+            std::path::PathBuf::from("./var/tokens.toml")
+        );
+        jail.set_env(
+            "VPS_REMEDIATE_TOKENS_FILE",
+            "/etc/vps-remediate/tokens.toml",
+        );
+        let loaded = Loader::new().load().expect("env");
+        assert_eq!(
+            loaded.settings.tokens_file,
+            std::path::PathBuf::from("/etc/vps-remediate/tokens.toml")
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn an_endpoint_url_with_credentials_is_refused() {
+    jail(|jail| {
+        jail.set_env("AWS_ENDPOINT_URL", "http://key:secret@127.0.0.1:5000");
+        let err = Loader::new().load().expect_err("credentials in URL");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("AWS_ENDPOINT_URL=\"http://<redacted>@127.0.0.1:5000\": URL has no host, or has credentials in it;"),
+            "{text}"
+        );
+        assert!(!text.contains("secret"), "{text}");
+        Ok(())
+    });
+}
