@@ -71,5 +71,5 @@ if [ -e target/deploy/stage ]; then
     echo "FAIL a refused deploy left target/deploy/stage behind"
     fail=$((fail + 1))
 fi
-echo "deploy self-test: $pass passed, $fail failed"
+echo "deploy-selftest: $pass passed, $fail failed"
 [ "$fail" = 0 ]

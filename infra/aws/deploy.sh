@@ -63,18 +63,25 @@ deploy() {
     echo "== token file"
     trap cleanup EXIT
     rm -rf "$stage" && mkdir -p "$stage/var" && chmod 700 "$stage" "$stage/var"
-    local include=()
-    if stack_exists; then
-        local secret
-        secret=$(output TokensSecretArn)
-        if [ -n "$secret" ] && (umask 077 && aws secretsmanager get-secret-value --region "$AWS_REGION" \
-            --secret-id "$secret" --query SecretString --output text >"$stage/var/tokens.toml" 2>/dev/null) &&
-            [ -s "$stage/var/tokens.toml" ]; then
-            include=(--include var)
-            echo "packing the token file from $secret"
-        fi
+    # The function refuses to start without a token file, so one is always
+    # packed: the secret's value, or an empty file (no token: every request
+    # but /healthz is refused) until an operator puts one there.
+    local secret="" err=""
+    if stack_exists; then secret=$(output TokensSecretArn); fi
+    if [ -n "$secret" ] && ! err=$( (umask 077 && aws secretsmanager get-secret-value --region "$AWS_REGION" \
+        --secret-id "$secret" --query SecretString --output text >"$stage/var/tokens.toml") 2>&1); then
+        # A secret without a value yet is expected; any other failure would
+        # ship an empty token file and lock everyone out.
+        grep -q ResourceNotFoundException <<<"$err" ||
+            die "cannot read the token file from $secret: $err; nothing was changed"
+        : >"$stage/var/tokens.toml"
     fi
-    if [ ${#include[@]} = 0 ]; then
+    if [ -s "$stage/var/tokens.toml" ]; then
+        "$PYTHON" infra/aws/plan.py tokens "$stage/var/tokens.toml" ||
+            die "the token file in $secret is not valid; nothing was changed"
+        echo "packing the token file from $secret"
+    else
+        printf '# No API token yet: put a token file in the stack secret TokensSecretArn.\n' >"$stage/var/tokens.toml"
         echo "no token file in the stack's token secret yet: the API will refuse every token until one is put there"
         echo "(infra/aws/README.md, 'First token'), then run make deploy again"
     fi
@@ -82,7 +89,7 @@ deploy() {
     echo "== package and upload"
     export PATH="$root/$lambda_venv/bin:$PATH"
     local cl=(cargo lambda deploy --manifest-path "$root/functions/Cargo.toml"
-        --binary-path "$bin" --region "$AWS_REGION" "${include[@]}")
+        --binary-path "$bin" --region "$AWS_REGION" --include var)
     (cd "$stage" && "${cl[@]}" --dry -o json "$FUNCTION_NAME" >/dev/null)
     local zip=${bin}.zip sha key
     sha=$(sha256sum "$zip" | cut -d' ' -f1)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Validates the deploy settings and prints the plan (no AWS call).
 
-Usage: plan.py plan|params
+Usage: plan.py plan|params|tokens FILE
 
 Reads the settings from the environment (make deploy-check and make deploy
 set them): STACK_NAME, AWS_REGION, HOST_IDS, QUEUE_PREFIX, FUNCTION_NAME,
@@ -9,7 +9,8 @@ LAMBDA_ARCH, ARTIFACT_BUCKET (optional for the plan), and the function's
 [package.metadata.lambda.deploy] from `cargo metadata`.
 
 `plan` prints what make deploy would create and run; `params` prints the
-stack's parameter overrides, one Key=Value a line. Every bad setting is
+stack's parameter overrides, one Key=Value a line; `tokens FILE` checks a
+token file before make deploy packs it. Every bad setting is
 reported (one line each, naming it) and the exit code is 2.
 """
 
@@ -121,7 +122,7 @@ def plan(s: dict) -> None:
     print()
     print("Stack resources (infra/aws/template.yaml):")
     print("  - S3 bucket for runs (versioned, SSE-S3, public access blocked, TLS only, ACLs off; kept on undeploy)")
-    print("  - Secrets Manager: a generated session key, and an empty token-file secret")
+    print("  - Secrets Manager: a generated session key and queue token, and an empty token-file secret")
     print(f"  - Lambda function {s['function']} (provided.al2023, {s['arch']}, {s['memory']} MB, {s['timeout']} s) "
           "with a public function URL (the API authenticates every request)")
     print(f"  - log group /aws/lambda/{s['function']}, the function's role")
@@ -151,9 +152,35 @@ def plan(s: dict) -> None:
         print("Note: make deploy also needs ARTIFACT_BUCKET, an existing bucket for the function's zip.")
 
 
+def check_tokens(path: str) -> list[str]:
+    """Problems of a token file (TOML [[token]] with name, role, sha256)."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        return [f"token file: {e}"]
+    problems = []
+    for i, t in enumerate(doc.get("token", [])):
+        name = t.get("name", f"#{i + 1}")
+        if not isinstance(t.get("name"), str):
+            problems.append(f"token {name}: needs a name")
+        if t.get("role") not in ("viewer", "ops", "admin"):
+            problems.append(f"token {name}: role must be viewer, ops or admin")
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", str(t.get("sha256", ""))):
+            problems.append(f"token {name}: sha256 must be 64 hex digits (the hash, never the token)")
+    return problems
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[1] == "tokens":
+        problems = check_tokens(argv[2])
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 2 if problems else 0
     if len(argv) != 2 or argv[1] not in ("plan", "params"):
-        print("usage: plan.py plan|params", file=sys.stderr)
+        print("usage: plan.py plan|params|tokens FILE", file=sys.stderr)
         return 2
     s, problems = settings()
     if problems:

@@ -126,6 +126,9 @@ MUTATIONS: list[tuple[str, Callable[[dict], None], str]] = [
     ("session key as a literal",
      setp(["Resources", "Function", "Properties", "Environment", "Variables", "VPS_REMEDIATE_SESSION_KEY"],
           "0123456789abcdef0123456789abcdef"), "dynamic reference"),
+    ("queue token as a literal",
+     setp(["Resources", "Function", "Properties", "Environment", "Variables", "VPS_REMEDIATE_QUEUE_TOKEN"],
+          "a-queue-token-written-in-the-template"), "VPS_REMEDIATE_QUEUE_TOKEN is not a Secrets Manager"),
     ("redrive after 10 receives",
      setp(["Resources", "Fn::ForEach::HostQueues", 2, "Queue&{HostId}", "Properties", "RedrivePolicy",
            "maxReceiveCount"], 10), "maxReceiveCount is not 5"),
@@ -202,7 +205,7 @@ def main(argv: list[str]) -> int:
     for p in problems:
         print(f"FAIL {p}")
     total = 2 + len(MUTATIONS)
-    print(f"template self-test: {total - len(problems)} passed, {len(problems)} failed")
+    print(f"template-selftest: {total - len(problems)} passed, {len(problems)} failed")
     return 1 if problems else 0
 
 
