@@ -27,7 +27,7 @@ DEPLOY_ENV = STACK_NAME='$(STACK_NAME)' AWS_REGION='$(AWS_REGION)' HOST_IDS='$(H
 	ARTIFACT_BUCKET='$(ARTIFACT_BUCKET)' DEPLOY_FEATURES='$(DEPLOY_FEATURES)' CARGO='$(CARGO)' \
 	LAMBDA_VENV='$(LAMBDA_VENV)' MAKE='$(MAKE)'
 
-.PHONY: cfn-lint-tools cfn-lint cfn-lint-selftest deploy-check deploy undeploy
+.PHONY: cfn-lint-tools cfn-lint cfn-lint-selftest deploy-check deploy-package deploy undeploy
 
 cfn-lint-tools: ## Install cfn-lint (pinned) into target/cfn-lint-venv
 	@if ! $(CFN_LINT_VENV)/bin/pip show cfn-lint 2>/dev/null | grep -q '^Version: $(CFN_LINT_VERSION)$$'; then \
@@ -46,6 +46,9 @@ cfn-lint-selftest: cfn-lint-tools ## Prove the template checks can fail: cfn-lin
 
 deploy-check: cfn-lint ## Validate the deploy settings (HOST_IDS=a,b ...) and print the plan; calls no AWS API
 	@$(DEPLOY_ENV) $(PYTHON) infra/aws/plan.py plan
+
+deploy-package: ## Build and pack the function's zip as make deploy does, without AWS (TOKENS_FILE=path to pack a token file)
+	@$(DEPLOY_ENV) TOKENS_FILE='$(TOKENS_FILE)' bash infra/aws/deploy.sh package
 
 deploy: ## Deploy AWS mode: the CloudFormation stack, then cargo lambda deploy (HOST_IDS, ARTIFACT_BUCKET; needs AWS credentials)
 	@$(DEPLOY_ENV) bash infra/aws/deploy.sh deploy

@@ -3,7 +3,7 @@
 # then the function with cargo lambda deploy. Settings come from the
 # environment (see infra/aws/README.md); plan.py validates them first.
 # Nothing is built, uploaded or changed before the AWS credentials check
-# passes. Usage: deploy.sh deploy|undeploy
+# passes. Usage: deploy.sh package|deploy|undeploy
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -13,7 +13,7 @@ root=$PWD
 : "${QUEUE_PREFIX:=vps-remediate}"
 : "${FUNCTION_NAME:=vps-remediate-api}"
 : "${LAMBDA_ARCH:=x86_64}"
-: "${DEPLOY_FEATURES:=aws}"
+: "${DEPLOY_FEATURES=aws}" # empty: no extra features
 : "${PYTHON:=python3}"
 : "${MAKE:=make}"
 export STACK_NAME AWS_REGION QUEUE_PREFIX FUNCTION_NAME LAMBDA_ARCH DEPLOY_FEATURES
@@ -47,6 +47,70 @@ stack_exists() {
 
 cleanup() { rm -rf "$stage"; }
 
+bin=$target_dir/lambda/remediate-api/bootstrap
+
+build() {
+    echo "== build (LAMBDA_ARCH=$LAMBDA_ARCH, features: ${DEPLOY_FEATURES:-none})"
+    "$MAKE" --no-print-directory lambda-build LAMBDA_ARCH="$LAMBDA_ARCH" LAMBDA_FEATURES="$DEPLOY_FEATURES"
+    [ -x "$bin" ] || die "no binary at $bin after the build"
+}
+
+# stage_tokens SOURCE: writes the token file to pack into $stage/var. The
+# function refuses to start without a token file, so one is always packed:
+# the source's (a secret ARN, or a local file with "file:"), or an empty
+# one (no token: every request but /healthz is refused) until an operator
+# puts one in the stack's token secret.
+stage_tokens() {
+    local src=${1:-} err=""
+    trap cleanup EXIT
+    rm -rf "$stage" && mkdir -p "$stage/var" && chmod 700 "$stage" "$stage/var"
+    : >"$stage/var/tokens.toml"
+    if [[ $src == file:* ]]; then
+        cp -- "${src#file:}" "$stage/var/tokens.toml" || die "cannot read ${src#file:}"
+    elif [ -n "$src" ] && ! err=$( (umask 077 && aws secretsmanager get-secret-value --region "$AWS_REGION" \
+        --secret-id "$src" --query SecretString --output text >"$stage/var/tokens.toml") 2>&1); then
+        # A secret without a value yet is expected; any other failure would
+        # ship an empty token file and lock everyone out.
+        grep -q ResourceNotFoundException <<<"$err" ||
+            die "cannot read the token file from $src: $err; nothing was changed"
+        : >"$stage/var/tokens.toml"
+    fi
+    if [ -s "$stage/var/tokens.toml" ]; then
+        "$PYTHON" infra/aws/plan.py tokens "$stage/var/tokens.toml" ||
+            die "the token file from $src is not valid; nothing was changed"
+        echo "packing the token file from $src"
+    else
+        printf '# No API token yet: put a token file in the stack secret TokensSecretArn.\n' >"$stage/var/tokens.toml"
+        echo "no token file yet: the API will refuse every token until one is put in the stack's"
+        echo "token secret (infra/aws/README.md, 'First token') and make deploy runs again"
+    fi
+}
+
+cargo_lambda_deploy() { # the settings of [package.metadata.lambda.deploy], plus these
+    (cd "$stage" && PATH="$root/$lambda_venv/bin:$PATH" cargo lambda deploy \
+        --manifest-path "$root/functions/Cargo.toml" --binary-path "$bin" --region "$AWS_REGION" \
+        --include var "$@" "$FUNCTION_NAME")
+}
+
+# make deploy-package: build and pack the zip as make deploy would, with no
+# AWS call (TOKENS_FILE=path packs a local token file, checked first).
+package() {
+    build
+    stage_tokens "${TOKENS_FILE:+file:$TOKENS_FILE}"
+    cargo_lambda_deploy --dry -o json >/dev/null
+    echo "packed ${bin}.zip:"
+    # Lambda runs ./bootstrap from the zip's root; the API reads
+    # var/tokens.toml beside it.
+    "$PYTHON" -c 'import sys, zipfile
+files = {i.filename: i for i in zipfile.ZipFile(sys.argv[1]).infolist()}
+for i in files.values():
+    print(f"  {i.filename}  {i.file_size} bytes  mode {i.external_attr >> 16 & 0o777:o}")
+boot, tok = files.get("bootstrap"), files.get("var/tokens.toml")
+if not boot or not (boot.external_attr >> 16) & 0o100 or not tok:
+    sys.exit("the zip lacks an executable bootstrap or var/tokens.toml")' "${bin}.zip" ||
+        die "bad package ${bin}.zip"
+}
+
 deploy() {
     "$PYTHON" infra/aws/plan.py plan >/dev/null # validates the settings
     need_aws
@@ -55,42 +119,14 @@ deploy() {
     local overrides
     overrides=$("$PYTHON" infra/aws/plan.py params)
 
-    echo "== build (LAMBDA_ARCH=$LAMBDA_ARCH, features: $DEPLOY_FEATURES)"
-    "$MAKE" --no-print-directory lambda-build LAMBDA_ARCH="$LAMBDA_ARCH" LAMBDA_FEATURES="$DEPLOY_FEATURES"
-    local bin=$target_dir/lambda/remediate-api/bootstrap
-    [ -x "$bin" ] || die "no binary at $bin after the build"
-
+    build
     echo "== token file"
-    trap cleanup EXIT
-    rm -rf "$stage" && mkdir -p "$stage/var" && chmod 700 "$stage" "$stage/var"
-    # The function refuses to start without a token file, so one is always
-    # packed: the secret's value, or an empty file (no token: every request
-    # but /healthz is refused) until an operator puts one there.
-    local secret="" err=""
+    local secret=""
     if stack_exists; then secret=$(output TokensSecretArn); fi
-    if [ -n "$secret" ] && ! err=$( (umask 077 && aws secretsmanager get-secret-value --region "$AWS_REGION" \
-        --secret-id "$secret" --query SecretString --output text >"$stage/var/tokens.toml") 2>&1); then
-        # A secret without a value yet is expected; any other failure would
-        # ship an empty token file and lock everyone out.
-        grep -q ResourceNotFoundException <<<"$err" ||
-            die "cannot read the token file from $secret: $err; nothing was changed"
-        : >"$stage/var/tokens.toml"
-    fi
-    if [ -s "$stage/var/tokens.toml" ]; then
-        "$PYTHON" infra/aws/plan.py tokens "$stage/var/tokens.toml" ||
-            die "the token file in $secret is not valid; nothing was changed"
-        echo "packing the token file from $secret"
-    else
-        printf '# No API token yet: put a token file in the stack secret TokensSecretArn.\n' >"$stage/var/tokens.toml"
-        echo "no token file in the stack's token secret yet: the API will refuse every token until one is put there"
-        echo "(infra/aws/README.md, 'First token'), then run make deploy again"
-    fi
+    stage_tokens "$secret"
 
     echo "== package and upload"
-    export PATH="$root/$lambda_venv/bin:$PATH"
-    local cl=(cargo lambda deploy --manifest-path "$root/functions/Cargo.toml"
-        --binary-path "$bin" --region "$AWS_REGION" --include var)
-    (cd "$stage" && "${cl[@]}" --dry -o json "$FUNCTION_NAME" >/dev/null)
+    cargo_lambda_deploy --dry -o json >/dev/null
     local zip=${bin}.zip sha key
     sha=$(sha256sum "$zip" | cut -d' ' -f1)
     key="vps-remediate/remediate-api-$sha.zip"
@@ -108,7 +144,7 @@ deploy() {
     local role
     role=$(output FunctionRoleArn)
     [ -n "$role" ] || die "the stack has no FunctionRoleArn output"
-    (cd "$stage" && "${cl[@]}" --iam-role "$role" --merge-env "$FUNCTION_NAME")
+    cargo_lambda_deploy --iam-role "$role" --merge-env
 
     echo
     echo "API: $(output FunctionUrl)"
@@ -132,7 +168,8 @@ undeploy() {
 }
 
 case "${1:-}" in
+package) package ;;
 deploy) deploy ;;
 undeploy) undeploy ;;
-*) die "usage: deploy.sh deploy|undeploy" ;;
+*) die "usage: deploy.sh package|deploy|undeploy" ;;
 esac
