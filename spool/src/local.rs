@@ -1119,7 +1119,10 @@ impl LocalSpool {
 
     /// Replaces a host's policy document atomically and durably (write a
     /// unique temporary file, fsync, rename over, fsync the directory).
+    /// Registering a host also makes its run directories, so its first run
+    /// does not pay for them.
     pub fn put_host_doc_blocking(&self, host: &HostId, doc: &serde_json::Value) -> Result<()> {
+        self.ensure_host(host)?;
         let dir = self.inner.root.join("hosts");
         let nonce: u64 = rand::random();
         let tmp = dir.join(format!(".{}.{nonce:016x}.tmp", host.as_str()));

@@ -104,6 +104,24 @@ fn expect(route: &str, c: Cred) -> StatusCode {
             Viewer | QueueToken => F,
             _ => K,
         },
+        // One run of host-a: viewers read it; tokens of other hosts and the
+        // queue token do not.
+        "run" | "host-get" | "plan" => match c {
+            QueueToken | OtherHostToken => F,
+            _ => K,
+        },
+        "host-put" => match c {
+            Admin | AdminCookie => K,
+            _ => F,
+        },
+        "dry-run" => match c {
+            Viewer | QueueToken | OtherHostToken => F,
+            _ => K,
+        },
+        "workflow-step" => match c {
+            Viewer | QueueToken => F,
+            _ => K,
+        },
         // Authorised, but no webhook is configured in this harness.
         "notify" => match c {
             Viewer | QueueToken => F,
@@ -131,6 +149,12 @@ async fn every_route_times_every_credential() {
         "workflows",
         "notify",
         "signals",
+        "run",
+        "host-get",
+        "host-put",
+        "plan",
+        "dry-run",
+        "workflow-step",
     ];
     let mut cells = 0;
     for route in routes {
@@ -173,6 +197,31 @@ async fn every_route_times_every_credential() {
                 "notify" => with_cred(Request::post("/api/notify/test"), c)
                     .header("content-type", "application/json")
                     .body(Body::from("{}")),
+                "run" => {
+                    let id = api.queued("host-a");
+                    with_cred(Request::get(format!("/api/ops/runs/{id}")), c).body(Body::empty())
+                }
+                "host-get" => with_cred(Request::get("/api/hosts/host-a"), c).body(Body::empty()),
+                "host-put" => with_cred(Request::put("/api/hosts/host-a"), c)
+                    .header("content-type", "application/json")
+                    .body(Body::from("{}")),
+                "plan" => with_cred(Request::post("/api/remediate"), c)
+                    .header("content-type", "application/json")
+                    .body(Body::from(
+                        json!({"mode": "plan", "hostId": "host-a"}).to_string(),
+                    )),
+                "dry-run" => with_cred(Request::post("/api/remediate"), c)
+                    .header("content-type", "application/json")
+                    .body(Body::from(
+                        json!({"mode": "dry-run", "hostId": "host-a", "actionId": "demo-disk-usage"})
+                            .to_string(),
+                    )),
+                "workflow-step" => with_cred(Request::post("/api/ops/incident-workflow"), c)
+                    .header("content-type", "application/json")
+                    .body(Body::from(
+                        json!({"workflowId": "critical-triage", "stepId": "status-snapshot", "payload": {}})
+                            .to_string(),
+                    )),
                 other => unreachable!("no request for route {other}"),
             }
             .unwrap();

@@ -557,6 +557,9 @@ fn host_documents_audit_and_drain_requests() {
     ts.spool.put_host_doc_blocking(&h, &doc).unwrap();
     ts.spool.put_host_doc_blocking(&h, &doc).unwrap();
     assert_eq!(ts.spool.get_host_doc_blocking(&h).unwrap(), Some(doc));
+    // A registered host has its run directories before its first run.
+    assert!(ts.spool.host_dir(&h, remediate_spool::Dir::Queued).is_dir());
+    assert_eq!(ts.spool.hosts().unwrap(), vec![h.clone()]);
     ts.spool
         .audit_blocking(&serde_json::json!({"what": "approve"}), true)
         .unwrap();
