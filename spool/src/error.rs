@@ -40,6 +40,11 @@ pub enum SpoolError {
         #[source]
         source: io::Error,
     },
+    /// A compare-and-swap lost: someone else changed the run between our read
+    /// and our write (the S3 store's `If-Match`/`If-None-Match` failed). Nothing
+    /// was written; re-read before deciding again.
+    #[error("run {run_id} was changed concurrently: {what}")]
+    Conflict { run_id: String, what: String },
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("store backend error: {0}")]
@@ -58,6 +63,7 @@ impl SpoolError {
             SpoolError::Corrupt { .. } => "corrupt_record",
             SpoolError::UnsafeDir { .. } => "unsafe_spool",
             SpoolError::Io { .. } => "io_error",
+            SpoolError::Conflict { .. } => "conflict",
             SpoolError::Invalid(_) => "invalid_request",
             SpoolError::Backend(_) => "backend_error",
         }

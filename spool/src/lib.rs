@@ -73,6 +73,8 @@
 //! The durability syscalls go through [`io::DurableIo`]; tests swap in
 //! [`io::FaultIo`] to inject an error or a crash at every step.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod codec;
 pub mod error;
 mod groupsync;

@@ -414,6 +414,12 @@ pub enum EventKind {
         kind: String,
         data: serde_json::Value,
     },
+    /// The S3 store only: an executor's newer copy of the whole record (see
+    /// `aws::S3SqsStore::mirror`), which replaces the folded record as is.
+    /// The executor ran the moves in its local spool, whose log has them.
+    Mirrored {
+        record: Box<RunRecord>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -129,11 +129,24 @@ fn move_of(kind: &EventKind) -> Option<Move> {
         EventKind::Replayed { .. } => Move::Replay,
         EventKind::Rescheduled { .. } => Move::Reschedule,
         EventKind::Note { .. } => Move::Note,
+        EventKind::Mirrored { .. } => Move::Note,
     })
 }
 
 /// Applies one event (after the first) to a record, checking legality.
 pub fn apply(record: &mut RunRecord, ev: &Event) -> Result<(), SpoolError> {
+    if let EventKind::Mirrored { record: newer } = &ev.kind {
+        // Not a move: the executor's copy replaces the record wholesale. Its
+        // moves were checked by the executor's own spool.
+        if newer.run_id != record.run_id || newer.host_id != record.host_id {
+            return Err(SpoolError::Invalid(format!(
+                "run {}: a mirrored copy of another run ({})",
+                record.run_id, newer.run_id
+            )));
+        }
+        *record = (**newer).clone();
+        return Ok(());
+    }
     let Some(mv) = move_of(&ev.kind) else {
         return Err(SpoolError::Invalid(format!(
             "run {}: a second enqueued event",
@@ -246,6 +259,7 @@ pub fn apply(record: &mut RunRecord, ev: &Event) -> Result<(), SpoolError> {
                 record.end_reason = Some("replayed".into());
             }
         }
+        EventKind::Mirrored { .. } => {}
         EventKind::Note { kind, data } => record.notes.push(Note {
             at,
             kind: kind.clone(),

@@ -1,0 +1,1679 @@
+//! The S3 + SQS store: the same [`Store`] contract as the local spool, for
+//! AWS mode (handlers on Lambda, one executor per host). Behind the cargo
+//! feature `aws`; local-only builds do not compile the AWS SDK.
+//!
+//! # Key layout
+//!
+//! ```text
+//! hosts/<host>/runs/<runId>.log          the run record: the local spool's event-log format
+//! hosts/<host>/index/<bucket>/<requestedMs>~<runId>~<dueMs>~<version>
+//!                                         empty index entry; the key is the data
+//! hosts/<host>/claims/<runId>            claim marker of claim_next
+//! hosts/<host>/policy.json               the host's policy document
+//! run-ids/<runId>                        run id -> host (API only), created first
+//! audit/<day>/<millis>-<nonce>.json      one audit entry per object (API only)
+//! activity/<host>.json                   recent dry-runs and executes (API only)
+//! ```
+//!
+//! Everything one executor needs is under `hosts/<host>/`, so IAM can scope
+//! a host's executor to that prefix. Idempotency keys need no object of
+//! their own: the run id is derived from (host, key) ([`RunId::for_key`]), so
+//! the record's key *is* the idempotency key and its `If-None-Match: *`
+//! create decides which request was first.
+//!
+//! A snapshot lists one state of one host by listing
+//! `hosts/<host>/index/<bucket>/` (keys sort oldest request first), and
+//! counts without reading any record; `claim_next` picks the earliest due run
+//! from the keys of `queued/` and `retryScheduled/` and reads only that one.
+//!
+//! # Writes: create once, then compare-and-swap
+//!
+//! * A record is created with `If-None-Match: *`. An enqueue writes the
+//!   `run-ids/` pointer, then the record, then sends the pointer message
+//!   (ready runs only), then the index entry.
+//! * Every later move reads the record and its ETag, checks the move against
+//!   the state machine ([`crate::state`]; an illegal move stays
+//!   [`SpoolError::IllegalMove`]), appends one event and writes the whole
+//!   object back with `If-Match: <etag>`. That write is the commit point. A
+//!   `412 Precondition Failed` means someone else wrote first: the move
+//!   returns [`SpoolError::Conflict`] and nothing is written, never a silent
+//!   overwrite. A `409 ConditionalRequestConflict` (another conditional write
+//!   on the key in flight) is retried with backoff ([`retry`]).
+//! * After the commit the index entry of the new version is written and the
+//!   old one deleted. A crash in between leaves a missing or stale entry:
+//!   readers drop entries older than the newest of the same run and re-check
+//!   the record they read; [`Store::recover`] rebuilds a host's index from
+//!   its records and re-sends the pointer of every queued run whose entry
+//!   was missing (the message may have been lost with it; the executor
+//!   deduplicates by run id).
+//!
+//! # Queues
+//!
+//! One standard queue per host, `<prefix>-<host>`, with a redrive policy to
+//! `<prefix>-<host>-dlq` (maxReceiveCount 5). A `{"kind":"run",...}` pointer
+//! goes on it when a run becomes ready (enqueued without approval, approved,
+//! replayed into the queue); held runs are never sent. `request_drain` sends
+//! `{"kind":"drain",...}`.
+//!
+//! # What moto (the test stand-in) lacks
+//!
+//! moto 5.2.5 implements `If-None-Match: *` and `If-Match` on PUT, but it
+//! never answers 409, so the 409 retry loop is unit-tested with a fake
+//! ([`retry`]). Its conditional writes are checked and applied under a
+//! lock per key in our measurements (the 1,000-round race test is the
+//! evidence; see `spool/tests/aws`).
+
+mod keys;
+mod retry;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::{Result, SpoolError};
+use crate::id::{HostId, RunId};
+use crate::index::Bucket;
+use crate::local::{
+    ActivityEntry, ActivityKind, Counts, Enqueued, HostActivity, ListQuery, PruneReport,
+    RecentRequest, RecoveryReport, Retention,
+};
+use crate::record::{
+    AttemptResult, Event, EventKind, NewRun, Next, RunRecord, RunState, Timestamp,
+};
+use crate::state::{self, Move};
+use crate::store::Store;
+use crate::{Clock, SystemClock};
+
+use keys::IndexEntry;
+pub use keys::queue_names;
+use retry::{Try, retry_409};
+
+/// Where the store lives. Built by the config loader from `VPS_REMEDIATE_S3_BUCKET`,
+/// `VPS_REMEDIATE_SQS_QUEUE_PREFIX`, `AWS_REGION` and `AWS_ENDPOINT_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3SqsConfig {
+    pub bucket: String,
+    pub queue_prefix: String,
+    pub region: String,
+    /// Another S3/SQS endpoint (moto in tests); also turns on path-style S3
+    /// addressing.
+    pub endpoint_url: Option<String>,
+}
+
+/// A host's queue and its dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostQueues {
+    pub queue_url: String,
+    pub dlq_url: String,
+}
+
+/// What a message on a host's queue asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMessage {
+    /// Run `run_id` is ready: fetch it and import it.
+    Run { run_id: RunId, host_id: HostId },
+    /// Drain up to `limit` due runs now.
+    Drain { host_id: HostId, limit: u32 },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Wire {
+    Run {
+        #[serde(rename = "runId")]
+        run_id: RunId,
+        #[serde(rename = "hostId")]
+        host_id: HostId,
+    },
+    Drain {
+        #[serde(rename = "hostId")]
+        host_id: HostId,
+        limit: u32,
+    },
+}
+
+impl HostMessage {
+    /// The message body (JSON).
+    pub fn to_body(&self) -> String {
+        let w = match self.clone() {
+            HostMessage::Run { run_id, host_id } => Wire::Run { run_id, host_id },
+            HostMessage::Drain { host_id, limit } => Wire::Drain { host_id, limit },
+        };
+        serde_json::to_string(&w).unwrap_or_default()
+    }
+
+    /// Parses a message body; the error says what is wrong with it.
+    pub fn parse(body: &str) -> std::result::Result<HostMessage, String> {
+        match serde_json::from_str::<Wire>(body) {
+            Ok(Wire::Run { run_id, host_id }) => Ok(HostMessage::Run { run_id, host_id }),
+            Ok(Wire::Drain { host_id, limit }) => Ok(HostMessage::Drain { host_id, limit }),
+            Err(e) => Err(format!("not a host message: {e}")),
+        }
+    }
+}
+
+/// One message received from a host's queue.
+#[derive(Debug, Clone)]
+pub struct ReceivedMessage {
+    /// The decoded body, or why it could not be decoded (a message that
+    /// never decodes is redriven to the DLQ after 5 receives if not deleted).
+    pub message: std::result::Result<HostMessage, String>,
+    pub receipt_handle: String,
+    pub message_id: String,
+    /// SQS's ApproximateReceiveCount (1 on the first delivery).
+    pub receive_count: u32,
+}
+
+/// A run as read from S3, with what a compare-and-swap needs.
+#[derive(Debug, Clone)]
+pub struct FetchedRun {
+    pub record: RunRecord,
+    /// The object's ETag (quoted, as S3 returns it).
+    pub etag: String,
+    /// How many events the record's log holds (its version in index keys).
+    pub version: u64,
+    /// The raw log, to append to.
+    bytes: Vec<u8>,
+}
+
+/// What [`S3SqsStore::mirror`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorOutcome {
+    /// The executor's copy was newer and is now in S3.
+    Applied,
+    /// S3 already holds exactly this copy.
+    AlreadyCurrent,
+    /// S3 holds a copy at least as far along: nothing was written (a record
+    /// never regresses).
+    Stale,
+}
+
+/// The S3 + SQS store. Cheap to clone (clients and caches are shared).
+#[derive(Clone)]
+pub struct S3SqsStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    s3: aws_sdk_s3::Client,
+    sqs: aws_sdk_sqs::Client,
+    cfg: S3SqsConfig,
+    clock: Arc<dyn Clock>,
+    /// Written into attempts, and into claim markers.
+    worker: String,
+    queues: Mutex<HashMap<HostId, HostQueues>>,
+    hosts_of: Mutex<HashMap<RunId, HostId>>,
+    /// Runs this instance claimed (claim marker written) and not released.
+    claims: Mutex<HashMap<RunId, HostId>>,
+}
+
+impl std::fmt::Debug for S3SqsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3SqsStore")
+            .field("cfg", &self.inner.cfg)
+            .field("worker", &self.inner.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn backend<E: std::error::Error + 'static>(op: &str, what: &str, e: E) -> SpoolError {
+    SpoolError::Backend(format!("{op} {what}: {}", DisplayErrorContext(e)))
+}
+
+fn status<E, R: AsHttpStatus>(e: &SdkError<E, R>) -> Option<u16> {
+    e.raw_response().map(|r| r.http_status())
+}
+
+trait AsHttpStatus {
+    fn http_status(&self) -> u16;
+}
+
+impl AsHttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn http_status(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+/// How an S3 conditional write ended.
+enum PutOutcome {
+    /// Written; the new ETag.
+    Written(String),
+    /// 412: the condition was false (exists / changed).
+    PreconditionFailed,
+}
+
+fn millis(t: Timestamp) -> i64 {
+    t.timestamp_millis()
+}
+
+/// How far along a record is, for [`S3SqsStore::mirror`]: attempts started,
+/// whether the last one finished, terminal or not, then the last change
+/// time. Moves only ever increase it, except approve/hold/reschedule which
+/// keep the first three and move the time.
+fn progress(r: &RunRecord) -> (u32, bool, bool, i64) {
+    let last_finished = r.history.last().is_some_and(|a| a.finished_at.is_some());
+    (
+        r.attempts,
+        last_finished,
+        r.state.is_terminal(),
+        r.updated_at.map(millis).unwrap_or(0),
+    )
+}
+
+fn encode_log(events: &[Event]) -> Vec<u8> {
+    events.iter().flat_map(codec::encode).collect()
+}
+
+impl S3SqsStore {
+    /// Connects with the SDK's default credential chain (environment, web
+    /// identity, container and instance roles).
+    pub async fn connect(cfg: S3SqsConfig) -> Result<Self> {
+        Self::build(cfg, None).await
+    }
+
+    /// Connects with fixed credentials (tests against moto: `test`/`test`).
+    pub async fn connect_with_static_credentials(
+        cfg: S3SqsConfig,
+        access_key_id: &str,
+        secret_access_key: &str,
+    ) -> Result<Self> {
+        let creds = aws_sdk_s3::config::Credentials::new(
+            access_key_id,
+            secret_access_key,
+            None,
+            None,
+            "static",
+        );
+        Self::build(cfg, Some(creds)).await
+    }
+
+    async fn build(
+        cfg: S3SqsConfig,
+        creds: Option<aws_sdk_s3::config::Credentials>,
+    ) -> Result<Self> {
+        if cfg.bucket.is_empty() {
+            return Err(SpoolError::Invalid("the S3 bucket name is empty".into()));
+        }
+        if cfg.queue_prefix.is_empty()
+            || cfg.queue_prefix.len() > 40
+            || !cfg
+                .queue_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(SpoolError::Invalid(format!(
+                "queue prefix {:?}: it must be 1-40 of [A-Za-z0-9_-]",
+                cfg.queue_prefix
+            )));
+        }
+        // rustls with ring: no aws-lc build (see TOOLCHAIN.md).
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(cfg.region.clone()))
+            .http_client(http);
+        if let Some(url) = &cfg.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(c) = creds {
+            loader = loader.credentials_provider(c);
+        }
+        let sdk = loader.load().await;
+        let s3conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(cfg.endpoint_url.is_some())
+            .build();
+        let instance = uuid::Uuid::now_v7().simple().to_string();
+        Ok(S3SqsStore {
+            inner: Arc::new(Inner {
+                s3: aws_sdk_s3::Client::from_conf(s3conf),
+                sqs: aws_sdk_sqs::Client::new(&sdk),
+                cfg,
+                clock: Arc::new(SystemClock),
+                worker: format!("aws-store/{}", &instance[instance.len() - 12..]),
+                queues: Mutex::new(HashMap::new()),
+                hosts_of: Mutex::new(HashMap::new()),
+                claims: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The same store with another clock (tests). Call before sharing it.
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        let i = &self.inner;
+        S3SqsStore {
+            inner: Arc::new(Inner {
+                s3: i.s3.clone(),
+                sqs: i.sqs.clone(),
+                cfg: i.cfg.clone(),
+                clock,
+                worker: i.worker.clone(),
+                queues: Mutex::new(lock(&i.queues).clone()),
+                hosts_of: Mutex::new(HashMap::new()),
+                claims: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &S3SqsConfig {
+        &self.inner.cfg
+    }
+
+    /// The S3 client (tests and tools).
+    pub fn s3_client(&self) -> &aws_sdk_s3::Client {
+        &self.inner.s3
+    }
+
+    /// The SQS client (tests and tools).
+    pub fn sqs_client(&self) -> &aws_sdk_sqs::Client {
+        &self.inner.sqs
+    }
+
+    fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    fn bucket(&self) -> &str {
+        &self.inner.cfg.bucket
+    }
+
+    // ----- S3 primitives -----
+
+    async fn get_object(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        match self
+            .inner
+            .s3
+            .get_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let etag = out.e_tag().unwrap_or_default().to_string();
+                let bytes = out
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| backend("read", key, e))?
+                    .into_bytes()
+                    .to_vec();
+                Ok(Some((bytes, etag)))
+            }
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_no_such_key()) => Ok(None),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(backend("get", key, e)),
+        }
+    }
+
+    /// One conditional PUT (`cond` = `If-None-Match: *` when None, else
+    /// `If-Match: <etag>`), retrying S3's 409 with backoff.
+    async fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        if_match: Option<&str>,
+    ) -> Result<PutOutcome> {
+        retry_409(
+            || async {
+                let mut req = self
+                    .inner
+                    .s3
+                    .put_object()
+                    .bucket(self.bucket())
+                    .key(key)
+                    .body(ByteStream::from(body.to_vec()));
+                req = match if_match {
+                    Some(etag) => req.if_match(etag),
+                    None => req.if_none_match("*"),
+                };
+                match req.send().await {
+                    Ok(out) => Try::Done(PutOutcome::Written(
+                        out.e_tag().unwrap_or_default().to_string(),
+                    )),
+                    // 404: If-Match on a key that is gone (pruned): we lost too.
+                    Err(e) if matches!(status(&e), Some(412) | Some(404)) => {
+                        Try::Done(PutOutcome::PreconditionFailed)
+                    }
+                    Err(e) if status(&e) == Some(409) => Try::Conflict409(backend("put", key, e)),
+                    Err(e) => Try::Failed(backend("put", key, e)),
+                }
+            },
+            tokio::time::sleep,
+        )
+        .await
+    }
+
+    async fn put_plain(&self, key: &str, body: Vec<u8>) -> Result<()> {
+        self.inner
+            .s3
+            .put_object()
+            .bucket(self.bucket())
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| backend("put", key, e))
+    }
+
+    async fn delete_key(&self, key: &str) -> Result<()> {
+        self.inner
+            .s3
+            .delete_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| backend("delete", key, e))
+    }
+
+    /// Keys (with their last-modified time in ms) under `prefix`, in key
+    /// order, at most `limit`.
+    async fn list_keys(&self, prefix: &str, limit: usize) -> Result<Vec<(String, i64)>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .s3
+                .list_objects_v2()
+                .bucket(self.bucket())
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .max_keys(limit.saturating_sub(out.len()).clamp(1, 1000) as i32)
+                .send()
+                .await
+                .map_err(|e| backend("list", prefix, e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    let t = o
+                        .last_modified()
+                        .map(|d| d.to_millis().unwrap_or(0))
+                        .unwrap_or(0);
+                    out.push((k.to_string(), t));
+                }
+            }
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() || out.len() >= limit {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Sub-prefixes of `prefix` (one level, `/`-delimited).
+    async fn list_prefixes(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .s3
+                .list_objects_v2()
+                .bucket(self.bucket())
+                .prefix(prefix)
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| backend("list", prefix, e))?;
+            out.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix().map(str::to_string)),
+            );
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    // ----- records -----
+
+    async fn host_of(&self, id: &RunId) -> Result<Option<HostId>> {
+        if let Some(h) = lock(&self.inner.hosts_of).get(id) {
+            return Ok(Some(h.clone()));
+        }
+        let key = keys::pointer_key(id);
+        let Some((bytes, _)) = self.get_object(&key).await? else {
+            return Ok(None);
+        };
+        let host = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| HostId::parse(s.trim()).ok())
+            .ok_or_else(|| SpoolError::Backend(format!("{key}: not a host id")))?;
+        lock(&self.inner.hosts_of).insert(id.clone(), host.clone());
+        Ok(Some(host))
+    }
+
+    /// Reads a run of `host` with its ETag, or None if there is none.
+    pub async fn fetch(&self, host: &HostId, id: &RunId) -> Result<Option<FetchedRun>> {
+        let key = keys::record_key(host, id);
+        let Some((bytes, etag)) = self.get_object(&key).await? else {
+            return Ok(None);
+        };
+        let d = codec::decode(&bytes).map_err(|reason| SpoolError::Corrupt {
+            path: key.clone().into(),
+            reason,
+        })?;
+        if d.record.run_id != *id || d.record.host_id != *host {
+            return Err(SpoolError::Corrupt {
+                path: key.into(),
+                reason: "the record names another run or host".into(),
+            });
+        }
+        let valid = usize::try_from(d.valid_len)
+            .unwrap_or(bytes.len())
+            .min(bytes.len());
+        let mut bytes = bytes;
+        bytes.truncate(valid);
+        Ok(Some(FetchedRun {
+            version: d.events.len() as u64,
+            record: d.record,
+            etag,
+            bytes,
+        }))
+    }
+
+    async fn fetch_by_id(&self, id: &RunId) -> Result<FetchedRun> {
+        let not_found = || SpoolError::NotFound {
+            run_id: id.to_string(),
+        };
+        let host = self.host_of(id).await?.ok_or_else(not_found)?;
+        self.fetch(&host, id).await?.ok_or_else(not_found)
+    }
+
+    /// Appends `kind` to `cur` with `If-Match` on its ETag: the commit point
+    /// of every move. Then moves the index entry. A lost race is `Conflict`.
+    async fn commit(&self, cur: &FetchedRun, kind: EventKind) -> Result<FetchedRun> {
+        let ev = Event {
+            seq: cur.version,
+            at: self.now(),
+            kind,
+        };
+        let mut next = cur.record.clone();
+        state::apply(&mut next, &ev)?;
+        let mut bytes = cur.bytes.clone();
+        bytes.extend_from_slice(&codec::encode(&ev));
+        let key = keys::record_key(&cur.record.host_id, &cur.record.run_id);
+        match self.put_conditional(&key, &bytes, Some(&cur.etag)).await? {
+            PutOutcome::Written(etag) => {
+                let new = FetchedRun {
+                    record: next,
+                    etag,
+                    version: cur.version + 1,
+                    bytes,
+                };
+                self.move_index(Some((&cur.record, cur.version)), &new.record, new.version)
+                    .await?;
+                Ok(new)
+            }
+            PutOutcome::PreconditionFailed => Err(SpoolError::Conflict {
+                run_id: cur.record.run_id.to_string(),
+                what: format!(
+                    "its record changed since it was read ({} lost)",
+                    ev_name(&ev)
+                ),
+            }),
+        }
+    }
+
+    async fn move_index(
+        &self,
+        old: Option<(&RunRecord, u64)>,
+        new: &RunRecord,
+        version: u64,
+    ) -> Result<()> {
+        let new_key = keys::index_key(new, version);
+        self.put_plain(&new_key, Vec::new()).await?;
+        if let Some((rec, v)) = old {
+            let old_key = keys::index_key(rec, v);
+            if old_key != new_key {
+                self.delete_key(&old_key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads, checks `mv`, commits. For state moves.
+    async fn do_move(
+        &self,
+        id: &RunId,
+        mv: Move,
+        make: impl FnOnce(&RunRecord) -> Result<EventKind>,
+    ) -> Result<FetchedRun> {
+        let cur = self.fetch_by_id(id).await?;
+        state::check(&cur.record, mv)?;
+        let kind = make(&cur.record)?;
+        self.commit(&cur, kind).await
+    }
+
+    /// Creates a new record: pointer, record (`If-None-Match: *`), pointer
+    /// message when ready, index entry. Returns None when the record exists.
+    async fn create(&self, record: &RunRecord) -> Result<Option<FetchedRun>> {
+        let host = &record.host_id;
+        let id = &record.run_id;
+        let pkey = keys::pointer_key(id);
+        match self
+            .put_conditional(&pkey, host.as_str().as_bytes(), None)
+            .await?
+        {
+            PutOutcome::Written(_) => {}
+            PutOutcome::PreconditionFailed => {
+                // Exists: fine when it names this host (a repeat of a keyed
+                // enqueue, or the first creator died before the record).
+                if self.host_of(id).await?.as_ref() != Some(host) {
+                    return Err(SpoolError::Invalid(format!(
+                        "run id {id} is taken by another host"
+                    )));
+                }
+            }
+        }
+        lock(&self.inner.hosts_of).insert(id.clone(), host.clone());
+        let ev = Event {
+            seq: 0,
+            at: record.requested_at,
+            kind: EventKind::Enqueued {
+                record: Box::new(record.clone()),
+            },
+        };
+        let bytes = encode_log(std::slice::from_ref(&ev));
+        let key = keys::record_key(host, id);
+        let etag = match self.put_conditional(&key, &bytes, None).await? {
+            PutOutcome::Written(etag) => etag,
+            PutOutcome::PreconditionFailed => return Ok(None),
+        };
+        if record.state == RunState::Queued {
+            self.send(
+                host,
+                &HostMessage::Run {
+                    run_id: id.clone(),
+                    host_id: host.clone(),
+                },
+            )
+            .await?;
+        }
+        self.move_index(None, record, 1).await?;
+        Ok(Some(FetchedRun {
+            record: record.clone(),
+            etag,
+            version: 1,
+            bytes,
+        }))
+    }
+
+    // ----- queues -----
+
+    /// Creates (or finds) the host's queue and DLQ, with a redrive policy
+    /// to the DLQ after 5 receives. Idempotent.
+    pub async fn ensure_host_queues(&self, host: &HostId) -> Result<HostQueues> {
+        let (name, dlq_name) = queue_names(&self.inner.cfg.queue_prefix, host);
+        let sqs = &self.inner.sqs;
+        let dlq_url = sqs
+            .create_queue()
+            .queue_name(&dlq_name)
+            .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
+            .send()
+            .await
+            .map_err(|e| backend("create queue", &dlq_name, e))?
+            .queue_url()
+            .unwrap_or_default()
+            .to_string();
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| backend("get queue attributes", &dlq_name, e))?;
+        let arn = attrs
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .ok_or_else(|| SpoolError::Backend(format!("queue {dlq_name} has no ARN")))?;
+        let redrive =
+            serde_json::json!({ "deadLetterTargetArn": arn, "maxReceiveCount": 5 }).to_string();
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(&name)
+            .attributes(QueueAttributeName::RedrivePolicy, redrive)
+            .send()
+            .await
+            .map_err(|e| backend("create queue", &name, e))?
+            .queue_url()
+            .unwrap_or_default()
+            .to_string();
+        let q = HostQueues { queue_url, dlq_url };
+        lock(&self.inner.queues).insert(host.clone(), q.clone());
+        Ok(q)
+    }
+
+    /// The host's queue URL: cached, else looked up, else created.
+    async fn queue_url(&self, host: &HostId) -> Result<String> {
+        if let Some(q) = lock(&self.inner.queues).get(host) {
+            return Ok(q.queue_url.clone());
+        }
+        let (name, _) = queue_names(&self.inner.cfg.queue_prefix, host);
+        match self
+            .inner
+            .sqs
+            .get_queue_url()
+            .queue_name(&name)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.queue_url().unwrap_or_default().to_string()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_queue_does_not_exist()) =>
+            {
+                Ok(self.ensure_host_queues(host).await?.queue_url)
+            }
+            Err(e) => Err(backend("get queue url", &name, e)),
+        }
+    }
+
+    async fn send(&self, host: &HostId, msg: &HostMessage) -> Result<()> {
+        let url = self.queue_url(host).await?;
+        self.inner
+            .sqs
+            .send_message()
+            .queue_url(&url)
+            .message_body(msg.to_body())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| backend("send message to", &url, e))
+    }
+
+    /// Long-polls the host's queue: up to `max` (1-10) messages, waiting at
+    /// most `wait` (up to 20 s) for the first.
+    pub async fn receive(
+        &self,
+        host: &HostId,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let url = self.queue_url(host).await?;
+        let out = self
+            .inner
+            .sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .wait_time_seconds(wait.as_secs().min(20) as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| backend("receive from", &url, e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .map(|m| {
+                let message = match m.body() {
+                    Some(b) => HostMessage::parse(b).and_then(|msg| {
+                        let h = match &msg {
+                            HostMessage::Run { host_id, .. }
+                            | HostMessage::Drain { host_id, .. } => host_id,
+                        };
+                        if h == host {
+                            Ok(msg)
+                        } else {
+                            Err(format!("message for host {h} on the queue of {host}"))
+                        }
+                    }),
+                    None => Err("empty message body".into()),
+                };
+                ReceivedMessage {
+                    message,
+                    receipt_handle: m.receipt_handle().unwrap_or_default().to_string(),
+                    message_id: m.message_id().unwrap_or_default().to_string(),
+                    receive_count: m
+                        .attributes()
+                        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(1),
+                }
+            })
+            .collect())
+    }
+
+    /// Deletes a received message (after its run was imported durably).
+    pub async fn delete_message(&self, host: &HostId, receipt_handle: &str) -> Result<()> {
+        let url = self.queue_url(host).await?;
+        self.inner
+            .sqs
+            .delete_message()
+            .queue_url(&url)
+            .receipt_handle(receipt_handle)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| backend("delete message from", &url, e))
+    }
+
+    // ----- the executor's write-back -----
+
+    /// Writes the executor's newer copy of a run back to S3 with `If-Match`
+    /// CAS, retrying on conflict by re-reading; never replaces a record with
+    /// one that is less far along (see [`progress`]): that is `Stale`. A run
+    /// missing in S3 (pruned) is created again.
+    pub async fn mirror(&self, record: &RunRecord) -> Result<MirrorOutcome> {
+        let host = &record.host_id;
+        let id = &record.run_id;
+        for n in 0..16u32 {
+            let Some(cur) = self.fetch(host, id).await? else {
+                let key = keys::pointer_key(id);
+                let _ = self
+                    .put_conditional(&key, host.as_str().as_bytes(), None)
+                    .await?;
+                let ev = Event {
+                    seq: 0,
+                    at: record.requested_at,
+                    kind: EventKind::Enqueued {
+                        record: Box::new(record.clone()),
+                    },
+                };
+                let rkey = keys::record_key(host, id);
+                match self
+                    .put_conditional(&rkey, &encode_log(std::slice::from_ref(&ev)), None)
+                    .await?
+                {
+                    PutOutcome::Written(_) => {
+                        self.move_index(None, record, 1).await?;
+                        return Ok(MirrorOutcome::Applied);
+                    }
+                    PutOutcome::PreconditionFailed => continue,
+                }
+            };
+            if cur.record == *record {
+                return Ok(MirrorOutcome::AlreadyCurrent);
+            }
+            if progress(record) <= progress(&cur.record) {
+                return Ok(MirrorOutcome::Stale);
+            }
+            match self
+                .commit(
+                    &cur,
+                    EventKind::Mirrored {
+                        record: Box::new(record.clone()),
+                    },
+                )
+                .await
+            {
+                Ok(_) => return Ok(MirrorOutcome::Applied),
+                Err(SpoolError::Conflict { .. }) => {
+                    tokio::time::sleep(retry::backoff(n.min(6), rand::random::<f64>())).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(SpoolError::Conflict {
+            run_id: id.to_string(),
+            what: "16 tries to mirror it lost to other writers".into(),
+        })
+    }
+
+    // ----- claims -----
+
+    async fn release_claim(&self, id: &RunId) -> Result<()> {
+        let host = lock(&self.inner.claims).remove(id);
+        if let Some(host) = host {
+            self.delete_key(&keys::claim_key(&host, id)).await?;
+        }
+        Ok(())
+    }
+
+    fn require_claim(&self, id: &RunId) -> Result<()> {
+        if lock(&self.inner.claims).contains_key(id) {
+            Ok(())
+        } else {
+            Err(SpoolError::NotClaimed {
+                run_id: id.to_string(),
+            })
+        }
+    }
+
+    async fn finish(
+        &self,
+        id: &RunId,
+        mv: Move,
+        result: AttemptResult,
+        next: Next,
+    ) -> Result<RunRecord> {
+        self.require_claim(id)?;
+        let f = self
+            .do_move(id, mv, |r| {
+                Ok(EventKind::AttemptFinished {
+                    attempt: r.attempts,
+                    result,
+                    next,
+                })
+            })
+            .await?;
+        self.release_claim(id).await?;
+        Ok(f.record)
+    }
+
+    // ----- index reading -----
+
+    /// The newest index entry of each run in `prefix` (drops entries a crash
+    /// left behind).
+    async fn entries(&self, prefix: &str) -> Result<Vec<(IndexEntry, i64)>> {
+        let mut newest: HashMap<RunId, (IndexEntry, i64)> = HashMap::new();
+        for (k, t) in self.list_keys(prefix, usize::MAX).await? {
+            if let Some(e) = keys::parse_index_key(&k) {
+                match newest.get(&e.run_id) {
+                    Some((old, _)) if old.version >= e.version => {}
+                    _ => {
+                        newest.insert(e.run_id.clone(), (e, t));
+                    }
+                }
+            }
+        }
+        Ok(newest.into_values().collect())
+    }
+
+    async fn hosts_listed(&self, host: Option<&HostId>) -> Result<Vec<HostId>> {
+        Ok(match host {
+            Some(h) => vec![h.clone()],
+            None => self.hosts().await?,
+        })
+    }
+
+    /// Queued runs of `host` by due time: (due, requested, id).
+    async fn due_list(&self, host: &HostId) -> Result<Vec<(i64, i64, RunId)>> {
+        let mut v = Vec::new();
+        for b in [Bucket::Queued, Bucket::RetryScheduled] {
+            for (e, _) in self.entries(&keys::index_prefix(host, b)).await? {
+                v.push((e.due_ms, e.requested_ms, e.run_id));
+            }
+        }
+        v.sort();
+        Ok(v)
+    }
+
+    /// Rebuilds one host's index from its records (reads every record).
+    async fn repair_host(&self, host: &HostId, rep: &mut RecoveryReport) -> Result<()> {
+        let mut want: BTreeMap<String, RunRecord> = BTreeMap::new();
+        for (k, _) in self.list_keys(&keys::runs_prefix(host), usize::MAX).await? {
+            let Some(id) = k
+                .strip_prefix(&keys::runs_prefix(host))
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| RunId::parse(n).ok())
+            else {
+                continue;
+            };
+            match self.fetch(host, &id).await {
+                Ok(Some(f)) => {
+                    want.insert(keys::index_key(&f.record, f.version), f.record);
+                }
+                Ok(None) => {}
+                Err(SpoolError::Corrupt { reason, .. }) => {
+                    rep.quarantined.push((id.to_string(), reason));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let have: std::collections::HashSet<String> = self
+            .list_keys(&keys::index_host_prefix(host), usize::MAX)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        for k in &have {
+            if !want.contains_key(k) {
+                self.delete_key(k).await?;
+            }
+        }
+        for (k, rec) in &want {
+            if !have.contains(k) {
+                if rec.state == RunState::Queued {
+                    self.send(
+                        host,
+                        &HostMessage::Run {
+                            run_id: rec.run_id.clone(),
+                            host_id: host.clone(),
+                        },
+                    )
+                    .await?;
+                }
+                self.put_plain(k, Vec::new()).await?;
+                rep.relocated.push(rec.run_id.to_string());
+            }
+        }
+        // Claim markers of other (dead) instances: there is no lease, so
+        // recover must only be called by the one consumer of a host, at start.
+        let mine: Vec<RunId> = lock(&self.inner.claims).keys().cloned().collect();
+        for (k, _) in self
+            .list_keys(&keys::claims_prefix(host), usize::MAX)
+            .await?
+        {
+            let id = k.rsplit('/').next().and_then(|n| RunId::parse(n).ok());
+            if id.is_some_and(|id| !mine.contains(&id)) {
+                self.delete_key(&k).await?;
+                rep.orphans_requeued.push(k);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ev_name(ev: &Event) -> &'static str {
+    match &ev.kind {
+        EventKind::Enqueued { .. } => "enqueue",
+        EventKind::Held { .. } => "hold",
+        EventKind::Approved { .. } => "approve",
+        EventKind::Rejected { .. } => "reject",
+        EventKind::AttemptStarted { .. } => "start attempt",
+        EventKind::AttemptFinished { .. } => "finish attempt",
+        EventKind::DeadLettered { .. } => "dead-letter",
+        EventKind::Expired => "expire",
+        EventKind::Canceled { .. } => "cancel",
+        EventKind::ReplayRequested { .. } | EventKind::Replayed { .. } => "replay",
+        EventKind::Rescheduled { .. } => "reschedule",
+        EventKind::Note { .. } => "note",
+        EventKind::Mirrored { .. } => "mirror",
+    }
+}
+
+/// The child of a replay (as the local spool builds it).
+fn fresh_child(src: &RunRecord, id: RunId, by: &str, now: Timestamp) -> RunRecord {
+    let ttl = src.expires_at.map(|e| e - src.requested_at);
+    let mut canary = src.canary.clone();
+    canary.passed = None;
+    let mut rollback = src.rollback.clone();
+    rollback.attempted = false;
+    rollback.succeeded = None;
+    let new = NewRun {
+        host_id: src.host_id.clone(),
+        action_key: src.action_key.clone(),
+        params: src.params.clone(),
+        requested_by: by.to_string(),
+        idempotency_key: None,
+        max_attempts: src.max_attempts,
+        expires_at: ttl.map(|t| now + t),
+        idempotent: src.idempotent,
+        approval_required: src.approval.required,
+        canary,
+        rollback,
+        auto_queued: false,
+        auto_reason: None,
+        auto_tier: src.auto_tier.clone(),
+        risk: src.risk.clone(),
+        tier: src.tier.clone(),
+    };
+    RunRecord::new(id, new, now, Some(src.run_id.clone()))
+}
+
+#[async_trait]
+impl Store for S3SqsStore {
+    async fn enqueue(&self, new: NewRun) -> Result<Enqueued> {
+        let host = new.host_id.clone();
+        let id = match &new.idempotency_key {
+            Some(k) => RunId::for_key(&host, k),
+            None => RunId::generate(),
+        };
+        let keyed = new.idempotency_key.is_some();
+        if keyed && let Some(f) = self.fetch(&host, &id).await? {
+            return Ok(Enqueued {
+                record: f.record,
+                created: false,
+            });
+        }
+        let record = RunRecord::new(id.clone(), new, self.now(), None);
+        match self.create(&record).await? {
+            Some(f) => Ok(Enqueued {
+                record: f.record,
+                created: true,
+            }),
+            None if keyed => match self.fetch(&host, &id).await? {
+                Some(f) => Ok(Enqueued {
+                    record: f.record,
+                    created: false,
+                }),
+                None => Err(SpoolError::Conflict {
+                    run_id: id.to_string(),
+                    what: "its record vanished during the enqueue".into(),
+                }),
+            },
+            None => Err(SpoolError::Backend(format!(
+                "fresh run id {id} already exists"
+            ))),
+        }
+    }
+
+    async fn get(&self, id: &RunId) -> Result<Option<RunRecord>> {
+        let Some(host) = self.host_of(id).await? else {
+            return Ok(None);
+        };
+        Ok(self.fetch(&host, id).await?.map(|f| f.record))
+    }
+
+    async fn list(&self, q: ListQuery) -> Result<Vec<RunRecord>> {
+        let mut picks: Vec<(i64, RunId, HostId, Bucket)> = Vec::new();
+        for host in self.hosts_listed(q.host.as_ref()).await? {
+            for b in &q.buckets {
+                let mut es = self.entries(&keys::index_prefix(&host, *b)).await?;
+                es.sort_by(|a, b| {
+                    (a.0.requested_ms, &a.0.run_id).cmp(&(b.0.requested_ms, &b.0.run_id))
+                });
+                es.truncate(q.limit);
+                picks.extend(
+                    es.into_iter()
+                        .map(|(e, _)| (e.requested_ms, e.run_id, host.clone(), *b)),
+                );
+            }
+        }
+        picks.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        picks.truncate(q.limit);
+        let mut out = Vec::with_capacity(picks.len());
+        for (_, id, host, b) in picks {
+            // An entry a crash left stale: the record says where it is now.
+            if let Some(f) = self.fetch(&host, &id).await?
+                && keys::bucket_of(&f.record) == b
+            {
+                out.push(f.record);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn counts(&self, host: Option<HostId>) -> Result<Counts> {
+        let mut c = Counts::default();
+        for h in self.hosts_listed(host.as_ref()).await? {
+            for (e, _) in self.entries(&keys::index_host_prefix(&h)).await? {
+                match e.bucket {
+                    Bucket::Queued => c.queued += 1,
+                    Bucket::RetryScheduled => c.retry_scheduled += 1,
+                    Bucket::Held => c.held += 1,
+                    Bucket::Running => c.running += 1,
+                    Bucket::Succeeded => c.succeeded += 1,
+                    Bucket::Rejected => c.rejected += 1,
+                    Bucket::Expired => c.expired += 1,
+                    Bucket::Canceled => c.canceled += 1,
+                    Bucket::Replayed => c.replayed += 1,
+                    Bucket::Dlq => c.dlq += 1,
+                    Bucket::Corrupt => c.corrupt += 1,
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    async fn claim_next(
+        &self,
+        host: &HostId,
+        busy_actions: Vec<String>,
+    ) -> Result<Option<RunRecord>> {
+        let now_ms = millis(self.now());
+        for (due, _, id) in self.due_list(host).await? {
+            if due > now_ms {
+                break;
+            }
+            if lock(&self.inner.claims).contains_key(&id) {
+                continue;
+            }
+            let Some(f) = self.fetch(host, &id).await? else {
+                continue;
+            };
+            let r = &f.record;
+            if r.state != RunState::Queued
+                || millis(r.due_at()) > now_ms
+                || busy_actions.iter().any(|a| *a == r.action_key)
+            {
+                continue;
+            }
+            let marker = serde_json::json!({ "worker": self.inner.worker, "at": self.now() });
+            let key = keys::claim_key(host, &id);
+            match self
+                .put_conditional(&key, marker.to_string().as_bytes(), None)
+                .await?
+            {
+                PutOutcome::Written(_) => {
+                    lock(&self.inner.claims).insert(id.clone(), host.clone());
+                    lock(&self.inner.hosts_of).insert(id, host.clone());
+                    return Ok(Some(f.record));
+                }
+                PutOutcome::PreconditionFailed => continue,
+            }
+        }
+        Ok(None)
+    }
+
+    async fn start_attempt(&self, id: &RunId) -> Result<RunRecord> {
+        self.require_claim(id)?;
+        let worker = self.inner.worker.clone();
+        let f = self
+            .do_move(id, Move::StartAttempt, |r| {
+                Ok(EventKind::AttemptStarted {
+                    attempt: r.attempts + 1,
+                    worker,
+                })
+            })
+            .await?;
+        Ok(f.record)
+    }
+
+    async fn append_event(
+        &self,
+        id: &RunId,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<RunRecord> {
+        // Notes commute with every move: a lost race is retried on the new copy.
+        for n in 0..8u32 {
+            let cur = self.fetch_by_id(id).await?;
+            let ev = EventKind::Note {
+                kind: kind.to_string(),
+                data: data.clone(),
+            };
+            match self.commit(&cur, ev).await {
+                Err(SpoolError::Conflict { .. }) => {
+                    tokio::time::sleep(retry::backoff(n, rand::random::<f64>())).await
+                }
+                other => return other.map(|f| f.record),
+            }
+        }
+        Err(SpoolError::Conflict {
+            run_id: id.to_string(),
+            what: "8 tries to add a note lost to other writers".into(),
+        })
+    }
+
+    async fn complete(&self, id: &RunId, result: AttemptResult) -> Result<RunRecord> {
+        self.finish(id, Move::Complete, result, Next::Succeeded)
+            .await
+    }
+
+    async fn retry_at(
+        &self,
+        id: &RunId,
+        at: Timestamp,
+        result: AttemptResult,
+    ) -> Result<RunRecord> {
+        self.finish(id, Move::RetryAt, result, Next::RetryAt { at })
+            .await
+    }
+
+    async fn dead_letter(
+        &self,
+        id: &RunId,
+        reason: &str,
+        result: Option<AttemptResult>,
+    ) -> Result<RunRecord> {
+        let reason = reason.to_string();
+        let f = self
+            .do_move(id, Move::DeadLetter, move |r| {
+                Ok(if r.state == RunState::Running {
+                    EventKind::AttemptFinished {
+                        attempt: r.attempts,
+                        result: result.unwrap_or_default(),
+                        next: Next::DeadLetter { reason },
+                    }
+                } else {
+                    EventKind::DeadLettered {
+                        reason,
+                        error: result.and_then(|r| r.error),
+                    }
+                })
+            })
+            .await?;
+        self.release_claim(id).await?;
+        Ok(f.record)
+    }
+
+    async fn hold(&self, id: &RunId, reason: &str) -> Result<RunRecord> {
+        let reason = reason.to_string();
+        let f = self
+            .do_move(id, Move::Hold, |_| Ok(EventKind::Held { reason }))
+            .await?;
+        self.release_claim(id).await?;
+        Ok(f.record)
+    }
+
+    async fn approve(&self, id: &RunId, by: &str, reason: Option<String>) -> Result<RunRecord> {
+        let by = by.to_string();
+        let f = self
+            .do_move(id, Move::Approve, |_| {
+                Ok(EventKind::Approved { by, reason })
+            })
+            .await?;
+        // Ready now: only the writer that won the CAS sends the pointer.
+        self.send(
+            &f.record.host_id,
+            &HostMessage::Run {
+                run_id: id.clone(),
+                host_id: f.record.host_id.clone(),
+            },
+        )
+        .await?;
+        Ok(f.record)
+    }
+
+    async fn reject(&self, id: &RunId, by: &str, reason: Option<String>) -> Result<RunRecord> {
+        let by = by.to_string();
+        let f = self
+            .do_move(id, Move::Reject, |_| Ok(EventKind::Rejected { by, reason }))
+            .await?;
+        Ok(f.record)
+    }
+
+    async fn expire(&self, id: &RunId) -> Result<RunRecord> {
+        let f = self
+            .do_move(id, Move::Expire, |_| Ok(EventKind::Expired))
+            .await?;
+        self.release_claim(id).await?;
+        Ok(f.record)
+    }
+
+    async fn cancel(&self, id: &RunId, reason: &str) -> Result<RunRecord> {
+        let reason = reason.to_string();
+        let f = self
+            .do_move(id, Move::Cancel, |_| Ok(EventKind::Canceled { reason }))
+            .await?;
+        self.release_claim(id).await?;
+        Ok(f.record)
+    }
+
+    /// Replay: (1) commit `replay-requested` on the source (the CAS that
+    /// decides a race), (2) create the child (pointer, record, message when
+    /// ready, index), (3) commit `replayed` on the source. A crash after (1)
+    /// leaves an intent without a child, which is ignored; after (2), a
+    /// child and a source still in the DLQ, which a later replay attempt
+    /// cannot double (it would need to win (1) again on the new version).
+    async fn replay(&self, id: &RunId, by: &str) -> Result<RunRecord> {
+        let cur = self.fetch_by_id(id).await?;
+        state::check(&cur.record, Move::Replay)?;
+        let child_id = RunId::generate();
+        let cur = self
+            .commit(
+                &cur,
+                EventKind::ReplayRequested {
+                    child: child_id.clone(),
+                    by: by.to_string(),
+                },
+            )
+            .await?;
+        let child = fresh_child(&cur.record, child_id.clone(), by, self.now());
+        let made = self.create(&child).await?.ok_or_else(|| {
+            SpoolError::Backend(format!("fresh run id {child_id} already exists"))
+        })?;
+        let mut cur = cur;
+        for n in 0..8u32 {
+            match self
+                .commit(
+                    &cur,
+                    EventKind::Replayed {
+                        child: child_id.clone(),
+                    },
+                )
+                .await
+            {
+                Ok(_) => return Ok(made.record),
+                Err(SpoolError::Conflict { .. }) => {
+                    tokio::time::sleep(retry::backoff(n, rand::random::<f64>())).await;
+                    cur = self.fetch_by_id(id).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(SpoolError::Conflict {
+            run_id: id.to_string(),
+            what: format!("replayed as {child_id} but could not mark the source"),
+        })
+    }
+
+    async fn next_due(&self, host: &HostId) -> Result<Option<Timestamp>> {
+        Ok(self
+            .due_list(host)
+            .await?
+            .first()
+            .and_then(|(due, _, _)| chrono::DateTime::from_timestamp_millis(*due)))
+    }
+
+    /// Rebuilds every host's index from the records, re-sends the pointer of
+    /// queued runs whose entry was missing, and drops claim markers of other
+    /// instances (call it only from the one consumer of a host, at start).
+    /// Unlike the local spool it does not settle interrupted attempts: in
+    /// AWS mode the executor's local spool owns running runs.
+    async fn recover(&self) -> Result<RecoveryReport> {
+        let mut rep = RecoveryReport::default();
+        for h in self.hosts().await? {
+            self.repair_host(&h, &mut rep).await?;
+        }
+        Ok(rep)
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostId>> {
+        let mut v: Vec<HostId> = self
+            .list_prefixes("hosts/")
+            .await?
+            .iter()
+            .filter_map(|p| keys::host_of_prefix(p))
+            .collect();
+        v.sort();
+        // Only hosts that have runs (a host may have only a policy document).
+        let mut out = Vec::new();
+        for h in v {
+            if !self.list_keys(&keys::runs_prefix(&h), 1).await?.is_empty() {
+                out.push(h);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn flush_retries(&self, host: &HostId) -> Result<usize> {
+        let now = self.now();
+        let mut n = 0;
+        for (e, _) in self
+            .entries(&keys::index_prefix(host, Bucket::RetryScheduled))
+            .await?
+        {
+            if e.due_ms <= millis(now) {
+                continue;
+            }
+            let res = self
+                .do_move(&e.run_id, Move::Reschedule, |r| {
+                    if r.due_at() <= now {
+                        Err(SpoolError::Invalid("already due".into()))
+                    } else {
+                        Ok(EventKind::Rescheduled { at: now })
+                    }
+                })
+                .await;
+            match res {
+                Ok(_) => n += 1,
+                Err(
+                    SpoolError::Conflict { .. }
+                    | SpoolError::Invalid(_)
+                    | SpoolError::NotFound { .. }
+                    | SpoolError::IllegalMove { .. },
+                ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    async fn get_host_doc(&self, host: &HostId) -> Result<Option<serde_json::Value>> {
+        let key = keys::policy_key(host);
+        match self.get_object(&key).await? {
+            Some((b, _)) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| SpoolError::Corrupt {
+                    path: key.into(),
+                    reason: format!("host document is not JSON: {e}"),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_host_doc(&self, host: &HostId, doc: serde_json::Value) -> Result<()> {
+        let bytes =
+            serde_json::to_vec_pretty(&doc).map_err(|e| SpoolError::Invalid(e.to_string()))?;
+        self.put_plain(&keys::policy_key(host), bytes).await
+    }
+
+    /// One object per entry: a PUT that returned is durable, so `durable`
+    /// changes nothing here.
+    async fn audit(&self, entry: serde_json::Value, _durable: bool) -> Result<()> {
+        let now = self.now();
+        let key = keys::audit_key(
+            &now.format("%Y-%m-%d").to_string(),
+            millis(now),
+            rand::random(),
+        );
+        let bytes = serde_json::to_vec(&entry).map_err(|e| SpoolError::Invalid(e.to_string()))?;
+        self.put_plain(&key, bytes).await
+    }
+
+    async fn recent_requests(&self, host: &HostId, since: Timestamp) -> Result<Vec<RecentRequest>> {
+        let since_ms = millis(since);
+        let mut out = Vec::new();
+        for (e, _) in self.entries(&keys::index_host_prefix(host)).await? {
+            if e.requested_ms < since_ms {
+                continue;
+            }
+            if let Some(f) = self.fetch(host, &e.run_id).await? {
+                out.push(RecentRequest {
+                    action_key: f.record.action_key,
+                    requested_at: f.record.requested_at,
+                    auto_queued: f.record.auto_queued,
+                });
+            }
+        }
+        out.sort_by_key(|r| std::cmp::Reverse(r.requested_at));
+        Ok(out)
+    }
+
+    async fn host_activity(&self, host: &HostId) -> Result<HostActivity> {
+        Ok(match self.get_object(&keys::activity_key(host)).await? {
+            Some((b, _)) => serde_json::from_slice(&b).unwrap_or_default(),
+            None => HostActivity::default(),
+        })
+    }
+
+    /// Read, modify, write with CAS; a lost race is retried on the new copy.
+    async fn record_activity(&self, host: &HostId, kind: ActivityKind, action: &str) -> Result<()> {
+        let key = keys::activity_key(host);
+        for n in 0..16u32 {
+            let cur = self.get_object(&key).await?;
+            let mut a: HostActivity = cur
+                .as_ref()
+                .and_then(|(b, _)| serde_json::from_slice(b).ok())
+                .unwrap_or_default();
+            let now = self.now();
+            let day_ago = now - chrono::Duration::days(1);
+            a.executes.retain(|e| e.at > day_ago);
+            match kind {
+                ActivityKind::DryRun => {
+                    a.dry_runs.insert(action.to_string(), now);
+                }
+                ActivityKind::Execute => a.executes.push(ActivityEntry {
+                    action: action.to_string(),
+                    at: now,
+                }),
+            }
+            let bytes = serde_json::to_vec(&a).map_err(|e| SpoolError::Invalid(e.to_string()))?;
+            let etag = cur.as_ref().map(|(_, e)| e.as_str());
+            match self.put_conditional(&key, &bytes, etag).await? {
+                PutOutcome::Written(_) => return Ok(()),
+                PutOutcome::PreconditionFailed => {
+                    tokio::time::sleep(retry::backoff(n.min(6), rand::random::<f64>())).await
+                }
+            }
+        }
+        Err(SpoolError::Backend(format!(
+            "{key}: 16 writers in a row beat us"
+        )))
+    }
+
+    async fn request_drain(&self, host: &HostId, limit: u32) -> Result<()> {
+        self.send(
+            host,
+            &HostMessage::Drain {
+                host_id: host.clone(),
+                limit,
+            },
+        )
+        .await
+    }
+
+    /// Removes finished runs (record, index entry, pointer) older than the
+    /// retention, judged by the last move (the index entry's write time),
+    /// and keeps at most the newest `*_max_count` per host.
+    async fn prune(&self, r: Retention) -> Result<PruneReport> {
+        let mut rep = PruneReport::default();
+        let now_ms = millis(self.now());
+        for host in self.hosts().await? {
+            let groups: [(&[Bucket], Duration, usize, bool); 2] = [
+                (
+                    &[
+                        Bucket::Succeeded,
+                        Bucket::Rejected,
+                        Bucket::Expired,
+                        Bucket::Canceled,
+                        Bucket::Replayed,
+                    ],
+                    r.done_max_age,
+                    r.done_max_count,
+                    false,
+                ),
+                (&[Bucket::Dlq], r.dlq_max_age, r.dlq_max_count, true),
+            ];
+            for (buckets, max_age, max_count, is_dlq) in groups {
+                let mut all: Vec<(i64, IndexEntry)> = Vec::new();
+                for b in buckets {
+                    for (e, t) in self.entries(&keys::index_prefix(&host, *b)).await? {
+                        all.push((t, e));
+                    }
+                }
+                all.sort_by(|a, b| (a.0, &a.1.run_id).cmp(&(b.0, &b.1.run_id)));
+                let excess = all.len().saturating_sub(max_count);
+                let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+                let mut removed = 0;
+                for (i, (t, e)) in all.iter().enumerate() {
+                    let too_old = now_ms.saturating_sub(*t) > max_age_ms;
+                    if i >= excess && !too_old {
+                        continue;
+                    }
+                    // Only when the record still is what the entry says.
+                    let Some(f) = self.fetch(&host, &e.run_id).await? else {
+                        continue;
+                    };
+                    if keys::bucket_of(&f.record) != e.bucket {
+                        continue;
+                    }
+                    self.delete_key(&keys::record_key(&host, &e.run_id)).await?;
+                    self.delete_key(&keys::index_key(&f.record, f.version))
+                        .await?;
+                    self.delete_key(&keys::pointer_key(&e.run_id)).await?;
+                    lock(&self.inner.hosts_of).remove(&e.run_id);
+                    removed += 1;
+                }
+                if is_dlq {
+                    rep.dlq_removed += removed;
+                } else {
+                    rep.done_removed += removed;
+                }
+            }
+        }
+        Ok(rep)
+    }
+}
