@@ -107,14 +107,16 @@ async fn world(test: &str, prefix: &str) -> Option<World> {
         metrics: Metrics::default(),
         effective_cache: Default::default(),
     });
-    Some(World {
+    let w = World {
         spool: dir.path().join("spool"),
         aws,
         dir,
         state,
         catalog,
         effects,
-    })
+    };
+    w.register_host().await;
+    Some(w)
 }
 
 impl World {
@@ -136,6 +138,15 @@ impl World {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
         )
+    }
+
+    /// Registers the host through the router (its policy document goes to
+    /// S3, where the executor's intake picks it up).
+    async fn register_host(&self) {
+        let (s, v) = self
+            .call("PUT", &format!("/api/hosts/{HOST}"), Some(json!({})))
+            .await;
+        assert_eq!(s, 200, "register host: {v}");
     }
 
     /// Dry-run, then execute, through the router: returns the run id.
