@@ -144,7 +144,16 @@ pub fn apply(record: &mut RunRecord, ev: &Event) -> Result<(), SpoolError> {
                 record.run_id, newer.run_id
             )));
         }
-        *record = (**newer).clone();
+        // Notes added on this side (the API) since the copy was taken are
+        // kept: a note is never lost to a mirror.
+        let mut merged = (**newer).clone();
+        for n in &record.notes {
+            if !merged.notes.contains(n) {
+                merged.notes.push(n.clone());
+            }
+        }
+        merged.notes.sort_by_key(|n| n.at);
+        *record = merged;
         return Ok(());
     }
     let Some(mv) = move_of(&ev.kind) else {

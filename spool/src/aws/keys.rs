@@ -62,8 +62,7 @@ fn bucket_of_name(s: &str) -> Option<Bucket> {
     Bucket::ALL.into_iter().find(|b| bucket_name(*b) == s)
 }
 
-/// The bucket a record is counted in (S3 has no `running/` directory: a
-/// claimed run whose attempt has not started is still counted as queued).
+/// The bucket a record is counted in when nobody holds a claim on it.
 pub(crate) fn bucket_of(record: &RunRecord) -> Bucket {
     Bucket::of(record, Dir::for_state(record.state))
 }
@@ -90,9 +89,19 @@ pub(crate) struct IndexEntry {
 /// `~` cannot occur in an id; times are zero-padded so that a listing (in
 /// key order) is oldest request first.
 pub(crate) fn index_key(record: &RunRecord, version: u64) -> String {
+    index_key_in(record, version, bucket_of(record))
+}
+
+/// The entry of a run claimed by `claim_next` and not started yet: it is
+/// counted as running, as the local spool counts a file in `running/`.
+pub(crate) fn claimed_index_key(record: &RunRecord, version: u64) -> String {
+    index_key_in(record, version, Bucket::Running)
+}
+
+fn index_key_in(record: &RunRecord, version: u64, bucket: Bucket) -> String {
     format!(
         "{}{:013}~{}~{:013}~{:010}",
-        index_prefix(&record.host_id, bucket_of(record)),
+        index_prefix(&record.host_id, bucket),
         record.requested_at.timestamp_millis().max(0),
         record.run_id.as_str(),
         record.due_at().timestamp_millis().max(0),

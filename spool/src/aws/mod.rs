@@ -600,7 +600,15 @@ impl S3SqsStore {
 
     /// Appends `kind` to `cur` with `If-Match` on its ETag: the commit point
     /// of every move. Then moves the index entry. A lost race is `Conflict`.
-    async fn commit(&self, cur: &FetchedRun, kind: EventKind) -> Result<FetchedRun> {
+    ///
+    /// `claimed_after`: this instance still holds its claim after the move
+    /// (the index entry then stays in the running bucket while queued).
+    async fn commit(
+        &self,
+        cur: &FetchedRun,
+        kind: EventKind,
+        claimed_after: bool,
+    ) -> Result<FetchedRun> {
         let ev = Event {
             seq: cur.version,
             at: self.now(),
@@ -619,8 +627,13 @@ impl S3SqsStore {
                     version: cur.version + 1,
                     bytes,
                 };
-                self.move_index(Some((&cur.record, cur.version)), &new.record, new.version)
-                    .await?;
+                let claimed_before = lock(&self.inner.claims).contains_key(&cur.record.run_id);
+                let old_key = self.entry_key(&cur.record, cur.version, claimed_before);
+                let new_key = self.entry_key(&new.record, new.version, claimed_after);
+                self.put_plain(&new_key, Vec::new()).await?;
+                if old_key != new_key {
+                    self.delete_key(&old_key).await?;
+                }
                 Ok(new)
             }
             PutOutcome::PreconditionFailed => Err(SpoolError::Conflict {
@@ -630,6 +643,14 @@ impl S3SqsStore {
                     ev_name(&ev)
                 ),
             }),
+        }
+    }
+
+    fn entry_key(&self, rec: &RunRecord, version: u64, claimed: bool) -> String {
+        if claimed && rec.state == RunState::Queued {
+            keys::claimed_index_key(rec, version)
+        } else {
+            keys::index_key(rec, version)
         }
     }
 
@@ -656,11 +677,16 @@ impl S3SqsStore {
         id: &RunId,
         mv: Move,
         make: impl FnOnce(&RunRecord) -> Result<EventKind>,
+        claimed_after: bool,
     ) -> Result<FetchedRun> {
         let cur = self.fetch_by_id(id).await?;
         state::check(&cur.record, mv)?;
         let kind = make(&cur.record)?;
-        self.commit(&cur, kind).await
+        self.commit(&cur, kind, claimed_after).await
+    }
+
+    fn is_claimed(&self, id: &RunId) -> bool {
+        lock(&self.inner.claims).contains_key(id)
     }
 
     /// Creates a new record: pointer, record (`If-None-Match: *`), pointer
@@ -913,6 +939,7 @@ impl S3SqsStore {
                     EventKind::Mirrored {
                         record: Box::new(record.clone()),
                     },
+                    false,
                 )
                 .await
             {
@@ -958,13 +985,18 @@ impl S3SqsStore {
     ) -> Result<RunRecord> {
         self.require_claim(id)?;
         let f = self
-            .do_move(id, mv, |r| {
-                Ok(EventKind::AttemptFinished {
-                    attempt: r.attempts,
-                    result,
-                    next,
-                })
-            })
+            .do_move(
+                id,
+                mv,
+                |r| {
+                    Ok(EventKind::AttemptFinished {
+                        attempt: r.attempts,
+                        result,
+                        next,
+                    })
+                },
+                false,
+            )
             .await?;
         self.release_claim(id).await?;
         Ok(f.record)
@@ -1021,7 +1053,8 @@ impl S3SqsStore {
             };
             match self.fetch(host, &id).await {
                 Ok(Some(f)) => {
-                    want.insert(keys::index_key(&f.record, f.version), f.record);
+                    let claimed = self.is_claimed(&f.record.run_id);
+                    want.insert(self.entry_key(&f.record, f.version, claimed), f.record);
                 }
                 Ok(None) => {}
                 Err(SpoolError::Corrupt { reason, .. }) => {
@@ -1248,6 +1281,11 @@ impl Store for S3SqsStore {
                 PutOutcome::Written(_) => {
                     lock(&self.inner.claims).insert(id.clone(), host.clone());
                     lock(&self.inner.hosts_of).insert(id, host.clone());
+                    // Counted as running from now on, as in the local spool.
+                    self.put_plain(&keys::claimed_index_key(&f.record, f.version), Vec::new())
+                        .await?;
+                    self.delete_key(&keys::index_key(&f.record, f.version))
+                        .await?;
                     return Ok(Some(f.record));
                 }
                 PutOutcome::PreconditionFailed => continue,
@@ -1260,12 +1298,17 @@ impl Store for S3SqsStore {
         self.require_claim(id)?;
         let worker = self.inner.worker.clone();
         let f = self
-            .do_move(id, Move::StartAttempt, |r| {
-                Ok(EventKind::AttemptStarted {
-                    attempt: r.attempts + 1,
-                    worker,
-                })
-            })
+            .do_move(
+                id,
+                Move::StartAttempt,
+                |r| {
+                    Ok(EventKind::AttemptStarted {
+                        attempt: r.attempts + 1,
+                        worker,
+                    })
+                },
+                true,
+            )
             .await?;
         Ok(f.record)
     }
@@ -1283,7 +1326,7 @@ impl Store for S3SqsStore {
                 kind: kind.to_string(),
                 data: data.clone(),
             };
-            match self.commit(&cur, ev).await {
+            match self.commit(&cur, ev, self.is_claimed(id)).await {
                 Err(SpoolError::Conflict { .. }) => {
                     tokio::time::sleep(retry::backoff(n, rand::random::<f64>())).await
                 }
@@ -1319,20 +1362,25 @@ impl Store for S3SqsStore {
     ) -> Result<RunRecord> {
         let reason = reason.to_string();
         let f = self
-            .do_move(id, Move::DeadLetter, move |r| {
-                Ok(if r.state == RunState::Running {
-                    EventKind::AttemptFinished {
-                        attempt: r.attempts,
-                        result: result.unwrap_or_default(),
-                        next: Next::DeadLetter { reason },
-                    }
-                } else {
-                    EventKind::DeadLettered {
-                        reason,
-                        error: result.and_then(|r| r.error),
-                    }
-                })
-            })
+            .do_move(
+                id,
+                Move::DeadLetter,
+                move |r| {
+                    Ok(if r.state == RunState::Running {
+                        EventKind::AttemptFinished {
+                            attempt: r.attempts,
+                            result: result.unwrap_or_default(),
+                            next: Next::DeadLetter { reason },
+                        }
+                    } else {
+                        EventKind::DeadLettered {
+                            reason,
+                            error: result.and_then(|r| r.error),
+                        }
+                    })
+                },
+                false,
+            )
             .await?;
         self.release_claim(id).await?;
         Ok(f.record)
@@ -1341,7 +1389,7 @@ impl Store for S3SqsStore {
     async fn hold(&self, id: &RunId, reason: &str) -> Result<RunRecord> {
         let reason = reason.to_string();
         let f = self
-            .do_move(id, Move::Hold, |_| Ok(EventKind::Held { reason }))
+            .do_move(id, Move::Hold, |_| Ok(EventKind::Held { reason }), false)
             .await?;
         self.release_claim(id).await?;
         Ok(f.record)
@@ -1350,9 +1398,12 @@ impl Store for S3SqsStore {
     async fn approve(&self, id: &RunId, by: &str, reason: Option<String>) -> Result<RunRecord> {
         let by = by.to_string();
         let f = self
-            .do_move(id, Move::Approve, |_| {
-                Ok(EventKind::Approved { by, reason })
-            })
+            .do_move(
+                id,
+                Move::Approve,
+                |_| Ok(EventKind::Approved { by, reason }),
+                false,
+            )
             .await?;
         // Ready now: only the writer that won the CAS sends the pointer.
         self.send(
@@ -1369,14 +1420,19 @@ impl Store for S3SqsStore {
     async fn reject(&self, id: &RunId, by: &str, reason: Option<String>) -> Result<RunRecord> {
         let by = by.to_string();
         let f = self
-            .do_move(id, Move::Reject, |_| Ok(EventKind::Rejected { by, reason }))
+            .do_move(
+                id,
+                Move::Reject,
+                |_| Ok(EventKind::Rejected { by, reason }),
+                false,
+            )
             .await?;
         Ok(f.record)
     }
 
     async fn expire(&self, id: &RunId) -> Result<RunRecord> {
         let f = self
-            .do_move(id, Move::Expire, |_| Ok(EventKind::Expired))
+            .do_move(id, Move::Expire, |_| Ok(EventKind::Expired), false)
             .await?;
         self.release_claim(id).await?;
         Ok(f.record)
@@ -1385,7 +1441,12 @@ impl Store for S3SqsStore {
     async fn cancel(&self, id: &RunId, reason: &str) -> Result<RunRecord> {
         let reason = reason.to_string();
         let f = self
-            .do_move(id, Move::Cancel, |_| Ok(EventKind::Canceled { reason }))
+            .do_move(
+                id,
+                Move::Cancel,
+                |_| Ok(EventKind::Canceled { reason }),
+                false,
+            )
             .await?;
         self.release_claim(id).await?;
         Ok(f.record)
@@ -1408,6 +1469,7 @@ impl Store for S3SqsStore {
                     child: child_id.clone(),
                     by: by.to_string(),
                 },
+                false,
             )
             .await?;
         let child = fresh_child(&cur.record, child_id.clone(), by, self.now());
@@ -1422,6 +1484,7 @@ impl Store for S3SqsStore {
                     EventKind::Replayed {
                         child: child_id.clone(),
                     },
+                    false,
                 )
                 .await
             {
@@ -1489,13 +1552,18 @@ impl Store for S3SqsStore {
                 continue;
             }
             let res = self
-                .do_move(&e.run_id, Move::Reschedule, |r| {
-                    if r.due_at() <= now {
-                        Err(SpoolError::Invalid("already due".into()))
-                    } else {
-                        Ok(EventKind::Rescheduled { at: now })
-                    }
-                })
+                .do_move(
+                    &e.run_id,
+                    Move::Reschedule,
+                    |r| {
+                        if r.due_at() <= now {
+                            Err(SpoolError::Invalid("already due".into()))
+                        } else {
+                            Ok(EventKind::Rescheduled { at: now })
+                        }
+                    },
+                    self.is_claimed(&e.run_id),
+                )
                 .await;
             match res {
                 Ok(_) => n += 1,
