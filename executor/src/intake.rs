@@ -742,3 +742,79 @@ pub async fn run_with_intake(
     let _ = mirror_task.await;
     stopped
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(vars: &[(&str, &str)]) -> Result<StoreMode, String> {
+        store_mode_from(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn store_knobs_default_to_local_and_validate_aws() {
+        assert_eq!(mode(&[]), Ok(StoreMode::Local));
+        assert_eq!(
+            mode(&[("VPS_REMEDIATE_STORE", "local")]),
+            Ok(StoreMode::Local)
+        );
+        assert_eq!(
+            mode(&[
+                ("VPS_REMEDIATE_STORE", "aws"),
+                ("VPS_REMEDIATE_S3_BUCKET", "runs-bucket"),
+            ]),
+            Ok(StoreMode::Aws(AwsSettings {
+                bucket: "runs-bucket".into(),
+                queue_prefix: "vps-remediate".into(),
+                region: "us-east-1".into(),
+                endpoint_url: None,
+            }))
+        );
+        let err = |vars: &[(&str, &str)], needle: &str| {
+            let e = mode(vars).expect_err("must be refused");
+            assert!(e.contains(needle), "{e}");
+        };
+        err(&[("VPS_REMEDIATE_STORE", "s3")], "VPS_REMEDIATE_STORE");
+        err(&[("VPS_REMEDIATE_STORE", "aws")], "VPS_REMEDIATE_S3_BUCKET");
+        err(
+            &[
+                ("VPS_REMEDIATE_STORE", "aws"),
+                ("VPS_REMEDIATE_S3_BUCKET", "Bad_Bucket"),
+            ],
+            "not a bucket name",
+        );
+        err(
+            &[
+                ("VPS_REMEDIATE_STORE", "aws"),
+                ("VPS_REMEDIATE_S3_BUCKET", "b-1"),
+                ("VPS_REMEDIATE_SQS_QUEUE_PREFIX", "has space"),
+            ],
+            "VPS_REMEDIATE_SQS_QUEUE_PREFIX",
+        );
+        err(
+            &[
+                ("VPS_REMEDIATE_STORE", "aws"),
+                ("VPS_REMEDIATE_S3_BUCKET", "b-1"),
+                ("AWS_ENDPOINT_URL", "localhost:5000"),
+            ],
+            "AWS_ENDPOINT_URL",
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let max = Duration::from_secs(10);
+        let mut d = None;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let n = next_backoff(d, max);
+            seen.push(n.as_secs());
+            d = Some(n);
+        }
+        assert_eq!(seen, vec![1, 2, 4, 8, 10, 10]);
+    }
+}
