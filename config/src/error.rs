@@ -20,6 +20,9 @@ pub enum Problem {
     NotAllowed,
     /// The value has the right type but is malformed (bad regex, bad URL...).
     Invalid(String),
+    /// The setting is unset but another setting needs it (the text says
+    /// which, e.g. "required when VPS_REMEDIATE_STORE=aws").
+    Required(&'static str),
 }
 
 impl Problem {
@@ -30,6 +33,7 @@ impl Problem {
             Problem::WrongType { .. } => "wrong_type",
             Problem::NotAllowed => "not_allowed",
             Problem::Invalid(_) => "invalid",
+            Problem::Required(_) => "required",
         }
     }
 }
@@ -41,6 +45,7 @@ impl fmt::Display for Problem {
             Problem::WrongType { expected } => write!(f, "not {expected}"),
             Problem::NotAllowed => f.write_str("not an allowed value"),
             Problem::Invalid(why) => f.write_str(why),
+            Problem::Required(why) => f.write_str(why),
         }
     }
 }

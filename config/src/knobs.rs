@@ -24,6 +24,8 @@ pub enum Group {
     Executor,
     /// The `OPS_WORKER_*` drain worker of the original system.
     Worker,
+    /// Where runs are stored: the local spool, or S3 + SQS (AWS mode).
+    Store,
 }
 
 impl Group {
@@ -61,6 +63,15 @@ pub enum Kind {
     Ident,
     /// `builtin`, `demo` or the path of a catalog `.toml` file.
     CatalogRef,
+    /// An S3 bucket name (3-63 of a-z 0-9 . -, the S3 naming rules).
+    S3Bucket,
+    /// The prefix of SQS queue names: A-Z a-z 0-9 _ -, short enough that
+    /// `<prefix>-<host>-dlq` fits SQS's 80 characters.
+    QueuePrefix,
+    /// An AWS region name such as `us-east-1`.
+    AwsRegion,
+    /// A signing key: at least 32 printable ASCII characters, never shown.
+    SigningKey,
 }
 
 /// A knob's default.
@@ -381,6 +392,24 @@ pub static KNOBS: &[Knob] = &[
         "Action catalog: builtin, demo, or the path of a catalog .toml file."
     ),
     knob!(
+        Service,
+        "VPS_REMEDIATE_TOKENS_FILE",
+        "tokens_file",
+        "tokensFile",
+        Kind::Path,
+        KnobDefault::Text("./var/tokens.toml"),
+        "API token file (hashes); under Lambda a relative path is under LAMBDA_TASK_ROOT."
+    ),
+    knob!(
+        Service,
+        "VPS_REMEDIATE_SESSION_KEY",
+        "session_key",
+        "sessionKey",
+        Kind::SigningKey,
+        KnobDefault::Unset,
+        "Key signing the admin session cookie; required under Lambda (unset: a key file)."
+    ),
+    knob!(
         Executor,
         "VPS_REMEDIATE_HOST_ID",
         "host_id",
@@ -433,6 +462,51 @@ pub static KNOBS: &[Knob] = &[
         Kind::Url,
         KnobDefault::Unset,
         "Where notifications (dead letters, approvals) are POSTed; unset: none."
+    ),
+    knob!(
+        Store,
+        "VPS_REMEDIATE_STORE",
+        "store",
+        "kind",
+        Kind::Choice(STORE_KINDS),
+        KnobDefault::Text("local"),
+        "Where runs live: local (the spool directory) or aws (S3 + SQS)."
+    ),
+    knob!(
+        Store,
+        "VPS_REMEDIATE_S3_BUCKET",
+        "s3_bucket",
+        "s3Bucket",
+        Kind::S3Bucket,
+        KnobDefault::Unset,
+        "S3 bucket of the run records; required when the store is aws."
+    ),
+    knob!(
+        Store,
+        "VPS_REMEDIATE_SQS_QUEUE_PREFIX",
+        "sqs_queue_prefix",
+        "sqsQueuePrefix",
+        Kind::QueuePrefix,
+        KnobDefault::Text("vps-remediate"),
+        "Host queues are <prefix>-<host> and <prefix>-<host>-dlq."
+    ),
+    knob!(
+        Store,
+        "AWS_REGION",
+        "aws_region",
+        "awsRegion",
+        Kind::AwsRegion,
+        KnobDefault::Text("us-east-1"),
+        "AWS region of the bucket and the queues (aws store)."
+    ),
+    knob!(
+        Store,
+        "AWS_ENDPOINT_URL",
+        "aws_endpoint_url",
+        "awsEndpointUrl",
+        Kind::Url,
+        KnobDefault::Unset,
+        "Endpoint of S3 and SQS instead of AWS's (a test server such as moto)."
     ),
     knob!(
         Worker,
@@ -492,6 +566,26 @@ pub static KNOBS: &[Knob] = &[
 
 /// Prefix of the main environment variables.
 pub const ENV_PREFIX: &str = "VPS_REMEDIATE_";
+/// Prefix of the AWS SDK's own variables that are also knobs (`AWS_REGION`,
+/// `AWS_ENDPOINT_URL`). Other `AWS_*` variables are not ours and are never
+/// warned about.
+pub const AWS_ENV_PREFIX: &str = "AWS_";
+
+/// The values of `VPS_REMEDIATE_STORE`.
+pub const STORE_KINDS: &[&str] = &["local", "aws"];
+
+/// SQS queue names are at most this long.
+pub const SQS_QUEUE_NAME_MAX: usize = 80;
+/// The longest host id that AWS mode names a queue after. Host ids are
+/// validated to 64 characters; a queue name needs `<prefix>-<host>-dlq`
+/// to fit [`SQS_QUEUE_NAME_MAX`], and a 64-character host would leave no
+/// room for the default prefix, so AWS mode budgets 48 characters of host id.
+pub const SQS_HOST_ID_MAX: usize = 48;
+/// The longest `VPS_REMEDIATE_SQS_QUEUE_PREFIX`:
+/// `80 - len("-") - 48 - len("-dlq")` = 27.
+pub const SQS_QUEUE_PREFIX_MAX: usize = SQS_QUEUE_NAME_MAX - 1 - SQS_HOST_ID_MAX - 4;
+/// Shortest accepted session signing key, in bytes.
+pub const MIN_SIGNING_KEY_LEN: usize = 32;
 /// Prefix of the drain worker's environment variables.
 pub const WORKER_ENV_PREFIX: &str = "OPS_WORKER_";
 
@@ -679,20 +773,31 @@ impl Knob {
             Kind::Path => "a file-system path".to_owned(),
             Kind::Ident => "1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit".to_owned(),
             Kind::CatalogRef => "builtin, demo, or a path ending in .toml".to_owned(),
+            Kind::S3Bucket => {
+                "an S3 bucket name: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit, not an IP address".to_owned()
+            }
+            Kind::QueuePrefix => format!(
+                "1-{SQS_QUEUE_PREFIX_MAX} of A-Z a-z 0-9 _ - (so <prefix>-<host>-dlq fits {SQS_QUEUE_NAME_MAX} characters with a {SQS_HOST_ID_MAX}-character host id)"
+            ),
+            Kind::AwsRegion => "an AWS region such as us-east-1 (a-z 0-9 -)".to_owned(),
+            Kind::SigningKey => {
+                format!("at least {MIN_SIGNING_KEY_LEN} printable ASCII characters, no spaces")
+            }
         }
     }
 
     /// Whether the value must never appear in messages or the explain view.
     pub fn is_secret(&self) -> bool {
-        matches!(self.kind, Kind::Secret)
+        matches!(self.kind, Kind::Secret | Kind::SigningKey)
     }
 
     /// How a value is shown in an error message.
     pub(crate) fn shown(&self, raw: &Raw) -> String {
-        if self.is_secret() {
-            "<redacted>".to_owned()
-        } else {
-            raw.shown()
+        match (self.kind, raw) {
+            _ if self.is_secret() => "<redacted>".to_owned(),
+            // A URL's user info is a credential: never echo it.
+            (Kind::Url, Raw::Str(s)) => quote(&redact_userinfo(s)),
+            _ => raw.shown(),
         }
     }
 
@@ -770,8 +875,13 @@ impl Knob {
                 }
                 compile_guard_regex(t).map(|_| ()).map_err(Problem::Invalid)
             }
-            Kind::Secret => {
-                if t.len() < MIN_SECRET_LEN {
+            Kind::Secret | Kind::SigningKey => {
+                let min = if self.kind == Kind::SigningKey {
+                    MIN_SIGNING_KEY_LEN
+                } else {
+                    MIN_SECRET_LEN
+                };
+                if t.len() < min {
                     return invalid("too short");
                 }
                 if !t.chars().all(|c| c.is_ascii_graphic()) {
@@ -799,9 +909,71 @@ impl Knob {
                     invalid("not a catalog")
                 }
             }
+            Kind::S3Bucket => check_bucket(t).map_err(Problem::Invalid),
+            Kind::QueuePrefix => {
+                if t.len() > SQS_QUEUE_PREFIX_MAX {
+                    return invalid("too long");
+                }
+                if t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+                {
+                    Ok(())
+                } else {
+                    invalid("has characters SQS queue names do not allow")
+                }
+            }
+            Kind::AwsRegion => {
+                let ok = (2..=32).contains(&t.len())
+                    && t.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !t.starts_with('-')
+                    && !t.ends_with('-');
+                if ok {
+                    Ok(())
+                } else {
+                    invalid("not a region name")
+                }
+            }
             Kind::Int { .. } | Kind::Bool | Kind::Choice(_) => Ok(()),
         }
     }
+}
+
+/// The S3 bucket naming rules (general purpose buckets): 3-63 characters of
+/// lowercase letters, digits, dots and hyphens; a letter or digit first and
+/// last; no two adjacent dots; not shaped like an IPv4 address; none of the
+/// reserved prefixes and suffixes.
+pub fn check_bucket(t: &str) -> Result<(), String> {
+    if !(3..=63).contains(&t.len()) {
+        return Err("must be 3-63 characters long".to_owned());
+    }
+    if !t
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'))
+    {
+        return Err("may only hold a-z 0-9 . -".to_owned());
+    }
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !edge(t.bytes().next()) || !edge(t.bytes().last()) {
+        return Err("must start and end with a letter or digit".to_owned());
+    }
+    if t.contains("..") || t.contains(".-") || t.contains("-.") {
+        return Err("has adjacent dots or a dot next to a hyphen".to_owned());
+    }
+    if t.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Err("is formatted as an IP address".to_owned());
+    }
+    for p in ["xn--", "sthree-", "amzn-s3-demo-"] {
+        if t.starts_with(p) {
+            return Err(format!("starts with the reserved prefix {p}"));
+        }
+    }
+    for sfx in ["-s3alias", "--ol-s3", "--x-s3", "--table-s3", ".mrap"] {
+        if t.ends_with(sfx) {
+            return Err(format!("ends with the reserved suffix {sfx}"));
+        }
+    }
+    Ok(())
 }
 
 /// Longest accepted guard regex, in bytes.
@@ -838,6 +1010,19 @@ pub fn is_ident(s: &str) -> bool {
     s.len() <= 64
         && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `scheme://user:password@host/...` -> `scheme://<redacted>@host/...`.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://<redacted>@{host}{tail}"),
+        None => url.to_owned(),
+    }
 }
 
 fn check_url(t: &str) -> Result<(), String> {
@@ -965,6 +1150,8 @@ mod tests {
         for k in KNOBS {
             let prefix = if k.group == Group::Worker {
                 WORKER_ENV_PREFIX
+            } else if k.env.starts_with(AWS_ENV_PREFIX) {
+                ""
             } else {
                 ENV_PREFIX
             };

@@ -40,5 +40,7 @@ pub use guard::{CommandKind, GuardIssue};
 pub use loader::{DEFAULT_CONFIG_FILE, Loaded, Loader};
 pub use policy::{GuardPolicy, GuardRegex, Policy};
 pub use profiles::profile_source;
-pub use settings::{CatalogSource, ExecutorSettings, Secret, Settings, WorkerSettings};
+pub use settings::{
+    CatalogSource, ExecutorSettings, Secret, Settings, StoreKind, StoreSettings, WorkerSettings,
+};
 pub use types::{Layer, ProfileName, Risk, RiskThreshold, Tier};

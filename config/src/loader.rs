@@ -10,8 +10,8 @@ use figment::{Figment, Metadata, Profile, Provider};
 use crate::effective::ExplainEntry;
 use crate::error::{ConfigError, ConfigErrors, ConfigWarning, Problem};
 use crate::knobs::{
-    self, BACKOFF_MAX_LIMIT, ENV_PREFIX, Group, KNOBS, Knob, KnobDefault, Raw, Values,
-    WORKER_ENV_PREFIX,
+    self, AWS_ENV_PREFIX, BACKOFF_MAX_LIMIT, ENV_PREFIX, Group, KNOBS, Knob, KnobDefault,
+    KnobValue, Raw, Values, WORKER_ENV_PREFIX,
 };
 use crate::profiles::Profiles;
 use crate::settings::Settings;
@@ -118,6 +118,7 @@ impl Loader {
         if let Some(e) = backoff_error(&values, None, &file_origin) {
             errors.push(e);
         }
+        errors.extend(store_error(&values, &file_origin));
 
         let profiles = match Profiles::embedded() {
             Ok(p) => Some(p),
@@ -225,6 +226,25 @@ pub(crate) fn backoff_error(
             "an integer in {base}..={BACKOFF_MAX_LIMIT} (at least VPS_REMEDIATE_RETRY_BACKOFF_SECONDS, which is {base})"
         ),
         origin,
+    })
+}
+
+/// The AWS store needs a bucket: `VPS_REMEDIATE_STORE=aws` without
+/// `VPS_REMEDIATE_S3_BUCKET` is an error on the bucket knob.
+fn store_error(values: &Values, file_origin: &str) -> Option<ConfigError> {
+    let (si, store) = knobs::by_key("store")?;
+    let (bi, bucket) = knobs::by_key("s3_bucket")?;
+    let aws = matches!(values.get(si), Some(KnobValue::Text(t)) if t == "aws");
+    if !aws || values.get(bi) != Some(&KnobValue::Unset) {
+        return None;
+    }
+    let layer = values.entries.get(si).map_or(Layer::Default, |(_, l)| *l);
+    Some(ConfigError::InvalidValue {
+        name: bucket.env.to_owned(),
+        value: "(unset)".to_owned(),
+        problem: Problem::Required("required when VPS_REMEDIATE_STORE=aws"),
+        allowed: bucket.allowed(),
+        origin: format!("{} from {}", store.env, origin(layer, store, file_origin)),
     })
 }
 
@@ -355,7 +375,21 @@ impl Provider for EnvLayer {
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut dict = Dict::new();
         for (key, value) in Env::prefixed(ENV_PREFIX).iter() {
-            if knobs::by_key(key.as_str()).is_some_and(|(_, k)| k.group != Group::Worker) {
+            if knobs::by_key(key.as_str())
+                .is_some_and(|(_, k)| k.group != Group::Worker && k.env.starts_with(ENV_PREFIX))
+            {
+                dict.insert(key.as_str().to_owned(), Value::from(value));
+            }
+        }
+        // `AWS_REGION` and `AWS_ENDPOINT_URL` keep the SDK's own names: read
+        // exactly those, unprefixed; other `AWS_*` variables are not ours.
+        let aws: Vec<&str> = KNOBS
+            .iter()
+            .filter(|k| k.env.starts_with(AWS_ENV_PREFIX))
+            .map(|k| k.env)
+            .collect();
+        for (key, value) in Env::raw().only(&aws).iter() {
+            if knobs::by_key(key.as_str()).is_some() {
                 dict.insert(key.as_str().to_owned(), Value::from(value));
             }
         }

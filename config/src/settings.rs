@@ -28,6 +28,14 @@ pub struct Settings {
     pub spool_dir: PathBuf,
     /// `VPS_REMEDIATE_CATALOG`.
     pub catalog: CatalogSource,
+    /// `VPS_REMEDIATE_TOKENS_FILE`: the API token file (`--tokens` wins).
+    pub tokens_file: PathBuf,
+    /// `VPS_REMEDIATE_SESSION_KEY`: the key signing the admin session cookie
+    /// (at least 32 characters). Required under Lambda, where there is no
+    /// key file to keep; optional on a local server.
+    pub session_key: Option<Secret>,
+    /// Where runs are stored.
+    pub store: StoreSettings,
     /// The executor daemon's settings.
     pub executor: ExecutorSettings,
     /// The drain worker's settings (`OPS_WORKER_*`).
@@ -44,6 +52,7 @@ impl Settings {
         top.insert("guard".into(), values.group_json(Group::Guard));
         top.insert("executor".into(), values.group_json(Group::Executor));
         top.insert("worker".into(), values.group_json(Group::Worker));
+        top.insert("store".into(), values.group_json(Group::Store));
         serde_json::from_value(serde_json::Value::Object(top)).map_err(|e| e.to_string())
     }
 
@@ -52,6 +61,44 @@ impl Settings {
     pub fn worker_token(&self) -> Option<&Secret> {
         self.worker.token.as_ref().or(self.queue_token.as_ref())
     }
+}
+
+/// Which store: the local spool or S3 + SQS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The local spool directory (`VPS_REMEDIATE_SPOOL_DIR`).
+    Local,
+    /// S3 for the records, one SQS queue per host (AWS mode).
+    Aws,
+}
+
+impl StoreKind {
+    /// The word used in `VPS_REMEDIATE_STORE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Local => "local",
+            StoreKind::Aws => "aws",
+        }
+    }
+}
+
+/// The store settings (`VPS_REMEDIATE_STORE` and the AWS mode knobs). When
+/// `kind` is [`StoreKind::Aws`], the loader has made sure `s3_bucket` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `VPS_REMEDIATE_STORE`: local (default) or aws.
+    pub kind: StoreKind,
+    /// `VPS_REMEDIATE_S3_BUCKET`: the bucket of the run records.
+    pub s3_bucket: Option<String>,
+    /// `VPS_REMEDIATE_SQS_QUEUE_PREFIX`: queue names are `<prefix>-<host>`
+    /// and `<prefix>-<host>-dlq`.
+    pub sqs_queue_prefix: String,
+    /// `AWS_REGION` (default us-east-1).
+    pub aws_region: String,
+    /// `AWS_ENDPOINT_URL`: S3 and SQS endpoint instead of AWS's (moto in tests).
+    pub aws_endpoint_url: Option<String>,
 }
 
 /// The executor daemon's settings.
@@ -184,6 +231,12 @@ mod tests {
         assert_eq!(s.executor.concurrency, 1);
         assert_eq!(s.worker.base_url, "http://127.0.0.1:3035");
         assert!(s.worker_token().is_none());
+        assert_eq!(s.session_key, None);
+        assert_eq!(s.store.kind, StoreKind::Local);
+        assert_eq!(s.store.s3_bucket, None);
+        assert_eq!(s.store.sqs_queue_prefix, "vps-remediate");
+        assert_eq!(s.store.aws_region, "us-east-1");
+        assert_eq!(s.store.aws_endpoint_url, None);
     }
 
     #[test]

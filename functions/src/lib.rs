@@ -6,13 +6,18 @@
 //! stateless: every request reads and writes the [`Store`].
 //!
 //! Routes sit with their handlers in [`routes`], one file per endpoint group.
+//! [`startup`] builds the state (store, keys, tokens) for both entry points;
+//! `lambda` (feature `lambda`) is the Lambda entry.
 
 pub mod auth;
 pub mod console;
 pub mod error;
 pub mod items;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod openapi;
 pub mod routes;
+pub mod startup;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,16 +1,17 @@
 //! `remediate-api`: the HTTP API, served locally or under AWS Lambda.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use remediate_config::{Loaded, Loader};
-use remediate_functions::auth::{AuthConfig, TokenFile};
-use remediate_functions::{AppState, Metrics, app};
-use remediate_spool::LocalSpool;
+use remediate_functions::app;
+use remediate_functions::startup::{self, SessionKeySource, StartOptions};
+
+/// Seconds a drain waits for the executor's outcomes, unless told otherwise.
+const DEFAULT_DRAIN_WAIT_SECONDS: u64 = 20;
 
 #[derive(Parser)]
 #[command(
@@ -42,14 +43,16 @@ struct ServeArgs {
     /// Config file [default: config/remediate.toml when present].
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Token file: TOML `[[token]]` entries with name, role, sha256 and optional hosts.
-    #[arg(long, default_value = "./var/tokens.toml")]
-    tokens: PathBuf,
-    /// File holding the session signing key (created when missing).
+    /// Token file: TOML `[[token]]` entries with name, role, sha256 and optional hosts
+    /// [default: VPS_REMEDIATE_TOKENS_FILE, else ./var/tokens.toml].
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// File holding the session signing key (created when missing; not used
+    /// when VPS_REMEDIATE_SESSION_KEY is set).
     #[arg(long, default_value = "./var/session.key")]
     session_key: PathBuf,
     /// Seconds a drain waits for the executor's outcomes.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = DEFAULT_DRAIN_WAIT_SECONDS)]
     drain_wait_seconds: u64,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
@@ -67,30 +70,6 @@ impl ServeArgs {
     }
 }
 
-fn session_key(path: &Path) -> anyhow::Result<Vec<u8>> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::read(path) {
-        Ok(k) if k.len() >= 32 => Ok(k),
-        Ok(_) => anyhow::bail!("session key {} is shorter than 32 bytes", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key: [u8; 32] = rand::random();
-            if let Some(p) = path.parent() {
-                std::fs::create_dir_all(p)?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)?;
-            f.write_all(&key)?;
-            f.sync_all()?;
-            Ok(key.to_vec())
-        }
-        Err(e) => Err(e).with_context(|| format!("reading session key {}", path.display())),
-    }
-}
-
 /// Loads the configuration; every problem is printed, one per line.
 fn load_config(path: Option<PathBuf>) -> anyhow::Result<Loaded> {
     let loaded = Loader::new().config_file(path).load().map_err(|e| {
@@ -103,49 +82,6 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Loaded> {
         tracing::warn!("{w}");
     }
     Ok(loaded)
-}
-
-fn state(
-    args: &ServeArgs,
-    loaded: Loaded,
-    listen: SocketAddr,
-    spool_dir: &Path,
-) -> anyhow::Result<Arc<AppState>> {
-    let spool = LocalSpool::open(spool_dir)
-        .with_context(|| format!("opening spool {}", spool_dir.display()))?;
-    let tokens = TokenFile::load(&args.tokens)?;
-    let catalog = loaded
-        .settings
-        .catalog
-        .load()
-        .map_err(|e| anyhow::anyhow!("action catalog: {e}"))?;
-    let queue_token = loaded
-        .settings
-        .queue_token
-        .as_ref()
-        .map(|s| s.expose().to_string());
-    let mut auth = AuthConfig::new(
-        tokens.tokens,
-        queue_token.as_deref(),
-        session_key(&args.session_key)?,
-    );
-    auth.secure_cookie = !listen.ip().is_loopback();
-    let notify_url = loaded
-        .settings
-        .executor
-        .notify_webhook_url
-        .clone()
-        .filter(|u| !u.is_empty());
-    Ok(Arc::new(AppState {
-        store: Arc::new(spool),
-        loaded: Arc::new(loaded),
-        catalog: Arc::new(catalog),
-        auth,
-        drain_wait: Duration::from_secs(args.drain_wait_seconds),
-        notify_url,
-        metrics: Metrics::default(),
-        effective_cache: Default::default(),
-    }))
 }
 
 fn init_tracing(json: bool) {
@@ -163,8 +99,7 @@ fn init_tracing(json: bool) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    #[cfg(feature = "lambda")]
-    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+    if startup::under_lambda() {
         return lambda_main().await;
     }
     let cli = Cli::parse();
@@ -188,12 +123,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .spool
         .clone()
         .unwrap_or_else(|| loaded.settings.spool_dir.clone());
-    let st = state(&args, loaded, listen, &spool_dir)?;
+    let opts = StartOptions {
+        tokens: args
+            .tokens
+            .clone()
+            .unwrap_or_else(|| loaded.settings.tokens_file.clone()),
+        session_key: SessionKeySource::SettingOrFile(args.session_key.clone()),
+        spool_dir: spool_dir.clone(),
+        drain_wait: Duration::from_secs(args.drain_wait_seconds),
+        secure_cookie: !listen.ip().is_loopback(),
+    };
+    let store = loaded.settings.store.kind;
+    let st = startup::build_state(loaded, opts).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, spool = %spool_dir.display(), "remediate-api listening");
+    tracing::info!(%addr, store = store.as_str(), spool = %spool_dir.display(), "remediate-api listening");
     println!("remediate-api listening on http://{addr}");
     axum::serve(
         listener,
@@ -206,21 +152,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Under Lambda: the same router. Until the S3/SQS store lands, the spool is
-/// local to the function (`VPS_REMEDIATE_SPOOL_DIR`, default /tmp/spool),
-/// which is only useful for tests.
+/// Under Lambda: the same router, with the store of `VPS_REMEDIATE_STORE`
+/// (the S3/SQS store in production; a local spool under /tmp is only useful
+/// for tests), the session key from `VPS_REMEDIATE_SESSION_KEY`, and the
+/// token file under `LAMBDA_TASK_ROOT` when its path is relative.
 #[cfg(feature = "lambda")]
 async fn lambda_main() -> anyhow::Result<()> {
     init_tracing(true);
-    let args = ServeArgs::parse_from_args(&["--session-key", "/tmp/session.key"])
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let loaded = load_config(None)?;
-    let spool_dir = std::env::var_os("VPS_REMEDIATE_SPOOL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/spool"));
-    let listen = loaded.settings.listen_addr;
-    let st = state(&args, loaded, listen, &spool_dir)?;
-    lambda_http::run(app(st))
-        .await
-        .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))
+    let task_root = std::env::var_os(startup::LAMBDA_TASK_ROOT_ENV).map(PathBuf::from);
+    let opts = StartOptions {
+        tokens: startup::task_relative(&loaded.settings.tokens_file, task_root.as_deref()),
+        session_key: SessionKeySource::Setting,
+        spool_dir: startup::lambda_spool_dir(&loaded)?,
+        drain_wait: Duration::from_secs(DEFAULT_DRAIN_WAIT_SECONDS),
+        // Function URLs and API Gateway answer over HTTPS only.
+        secure_cookie: true,
+    };
+    tracing::info!(
+        store = loaded.settings.store.kind.as_str(),
+        "remediate-api under Lambda"
+    );
+    let st = startup::build_state(loaded, opts).await?;
+    remediate_functions::lambda::run(app(st)).await
+}
+
+#[cfg(not(feature = "lambda"))]
+async fn lambda_main() -> anyhow::Result<()> {
+    anyhow::bail!(
+        "AWS_LAMBDA_RUNTIME_API is set, but this binary was built without the Lambda entry (feature lambda)"
+    )
 }

@@ -7,4 +7,5 @@ mod catalogs;
 mod guard_corpus;
 mod loader;
 mod profiles;
+mod store_knobs;
 mod util;
