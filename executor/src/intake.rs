@@ -105,74 +105,26 @@ pub struct AwsSettings {
     pub endpoint_url: Option<String>,
 }
 
-/// Reads the store knobs from the environment: `VPS_REMEDIATE_STORE`
-/// (`local` | `aws`), `VPS_REMEDIATE_S3_BUCKET`,
-/// `VPS_REMEDIATE_SQS_QUEUE_PREFIX` (default `vps-remediate`), `AWS_REGION`
-/// (default `us-east-1`), `AWS_ENDPOINT_URL` (optional).
-///
-/// REPLACE with the config loader's store knobs (`remediate_config`
-/// settings) once they land; until then this is the only place that reads
-/// them, so the swap is one call.
-pub fn store_mode_from_env() -> Result<StoreMode, String> {
-    store_mode_from(|k| std::env::var(k).ok())
-}
-
-/// [`store_mode_from_env`] over any lookup (for tests).
-pub fn store_mode_from(get: impl Fn(&str) -> Option<String>) -> Result<StoreMode, String> {
-    let get = |k: &str| {
-        get(k)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    match get("VPS_REMEDIATE_STORE").as_deref() {
-        None | Some("local") => return Ok(StoreMode::Local),
-        Some("aws") => {}
-        Some(other) => {
-            return Err(format!(
-                "VPS_REMEDIATE_STORE={other:?} is not a store: use `local` or `aws`"
-            ));
+/// The store mode from the config loader's store knobs
+/// (`VPS_REMEDIATE_STORE`, `VPS_REMEDIATE_S3_BUCKET`,
+/// `VPS_REMEDIATE_SQS_QUEUE_PREFIX`, `AWS_REGION`, `AWS_ENDPOINT_URL`; the
+/// loader validates them and requires the bucket in AWS mode).
+pub fn store_mode(s: &remediate_config::StoreSettings) -> Result<StoreMode, String> {
+    match s.kind {
+        remediate_config::StoreKind::Local => Ok(StoreMode::Local),
+        remediate_config::StoreKind::Aws => {
+            let bucket = s.s3_bucket.clone().filter(|b| !b.is_empty()).ok_or_else(|| {
+                "VPS_REMEDIATE_STORE=aws needs VPS_REMEDIATE_S3_BUCKET (the bucket of the run records)"
+                    .to_string()
+            })?;
+            Ok(StoreMode::Aws(AwsSettings {
+                bucket,
+                queue_prefix: s.sqs_queue_prefix.clone(),
+                region: s.aws_region.clone(),
+                endpoint_url: s.aws_endpoint_url.clone(),
+            }))
         }
     }
-    let bucket = get("VPS_REMEDIATE_S3_BUCKET").ok_or_else(|| {
-        "VPS_REMEDIATE_STORE=aws needs VPS_REMEDIATE_S3_BUCKET (the bucket of the run records)"
-            .to_string()
-    })?;
-    let bucket_ok = (3..=63).contains(&bucket.len())
-        && bucket
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    if !bucket_ok {
-        return Err(format!(
-            "VPS_REMEDIATE_S3_BUCKET={bucket:?} is not a bucket name: 3-63 characters of a-z, 0-9, '-' and '.'"
-        ));
-    }
-    let queue_prefix =
-        get("VPS_REMEDIATE_SQS_QUEUE_PREFIX").unwrap_or_else(|| "vps-remediate".into());
-    let prefix_ok = !queue_prefix.is_empty()
-        && queue_prefix.len() <= 40
-        && queue_prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !prefix_ok {
-        return Err(format!(
-            "VPS_REMEDIATE_SQS_QUEUE_PREFIX={queue_prefix:?} is not a queue name prefix: 1-40 characters of A-Z, a-z, 0-9, '-' and '_'"
-        ));
-    }
-    let region = get("AWS_REGION").unwrap_or_else(|| "us-east-1".into());
-    let endpoint_url = get("AWS_ENDPOINT_URL");
-    if let Some(u) = &endpoint_url
-        && !(u.starts_with("http://") || u.starts_with("https://"))
-    {
-        return Err(format!(
-            "AWS_ENDPOINT_URL={u:?} is not a URL: it must start with http:// or https://"
-        ));
-    }
-    Ok(StoreMode::Aws(AwsSettings {
-        bucket,
-        queue_prefix,
-        region,
-        endpoint_url,
-    }))
 }
 
 /// Knobs of the intake and the mirror.
@@ -747,62 +699,42 @@ pub async fn run_with_intake(
 mod tests {
     use super::*;
 
-    fn mode(vars: &[(&str, &str)]) -> Result<StoreMode, String> {
-        store_mode_from(|k| {
-            vars.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        })
+    fn loaded(vars: &[(&str, &str)]) -> Result<remediate_config::Loaded, String> {
+        let mut out = Err(String::new());
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            out = remediate_config::Loader::new()
+                .load()
+                .map_err(|e| e.to_string());
+            Ok(())
+        });
+        out
     }
 
     #[test]
-    fn store_knobs_default_to_local_and_validate_aws() {
-        assert_eq!(mode(&[]), Ok(StoreMode::Local));
+    fn store_mode_follows_the_config_knobs() {
+        let l = loaded(&[]).expect("defaults load");
+        assert_eq!(store_mode(&l.settings.store), Ok(StoreMode::Local));
+        let l = loaded(&[
+            ("VPS_REMEDIATE_STORE", "aws"),
+            ("VPS_REMEDIATE_S3_BUCKET", "runs-bucket"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+        ])
+        .expect("aws loads");
         assert_eq!(
-            mode(&[("VPS_REMEDIATE_STORE", "local")]),
-            Ok(StoreMode::Local)
-        );
-        assert_eq!(
-            mode(&[
-                ("VPS_REMEDIATE_STORE", "aws"),
-                ("VPS_REMEDIATE_S3_BUCKET", "runs-bucket"),
-            ]),
+            store_mode(&l.settings.store),
             Ok(StoreMode::Aws(AwsSettings {
                 bucket: "runs-bucket".into(),
                 queue_prefix: "vps-remediate".into(),
                 region: "us-east-1".into(),
-                endpoint_url: None,
+                endpoint_url: Some("http://127.0.0.1:5000".into()),
             }))
         );
-        let err = |vars: &[(&str, &str)], needle: &str| {
-            let e = mode(vars).expect_err("must be refused");
-            assert!(e.contains(needle), "{e}");
-        };
-        err(&[("VPS_REMEDIATE_STORE", "s3")], "VPS_REMEDIATE_STORE");
-        err(&[("VPS_REMEDIATE_STORE", "aws")], "VPS_REMEDIATE_S3_BUCKET");
-        err(
-            &[
-                ("VPS_REMEDIATE_STORE", "aws"),
-                ("VPS_REMEDIATE_S3_BUCKET", "Bad_Bucket"),
-            ],
-            "not a bucket name",
-        );
-        err(
-            &[
-                ("VPS_REMEDIATE_STORE", "aws"),
-                ("VPS_REMEDIATE_S3_BUCKET", "b-1"),
-                ("VPS_REMEDIATE_SQS_QUEUE_PREFIX", "has space"),
-            ],
-            "VPS_REMEDIATE_SQS_QUEUE_PREFIX",
-        );
-        err(
-            &[
-                ("VPS_REMEDIATE_STORE", "aws"),
-                ("VPS_REMEDIATE_S3_BUCKET", "b-1"),
-                ("AWS_ENDPOINT_URL", "localhost:5000"),
-            ],
-            "AWS_ENDPOINT_URL",
-        );
+        let e = loaded(&[("VPS_REMEDIATE_STORE", "aws")]).expect_err("no bucket");
+        assert!(e.contains("VPS_REMEDIATE_S3_BUCKET"), "{e}");
     }
 
     #[test]

@@ -268,7 +268,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Run(common) => {
             let s = setup(&common)?;
             let (deps, sender) = deps(&s)?;
-            let mode = intake::store_mode_from_env().map_err(UsageError)?;
+            let mode = intake::store_mode(&s.loaded.settings.store).map_err(UsageError)?;
             let stopped = match mode {
                 StoreMode::Local => remediate_executor::run(deps, shutdown_signal()?).await?,
                 StoreMode::Aws(aws) => run_aws(deps, aws).await?,
@@ -285,12 +285,14 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Once { common, limit } => {
-            if let StoreMode::Aws(_) = intake::store_mode_from_env().map_err(UsageError)? {
+            let s = setup(&common)?;
+            if let StoreMode::Aws(_) =
+                intake::store_mode(&s.loaded.settings.store).map_err(UsageError)?
+            {
                 tracing::warn!(
                     "AWS mode: `once` drains only what the spool already holds (the SQS intake runs with `run`)"
                 );
             }
-            let s = setup(&common)?;
             let (deps, sender) = deps(&s)?;
             let limit = limit.unwrap_or(deps.settings.drain_limit);
             if limit == 0 {
