@@ -699,6 +699,8 @@ pub async fn run_with_intake(
 mod tests {
     use super::*;
 
+    // figment's Jail wants a closure returning its (large) error type.
+    #[allow(clippy::result_large_err)]
     fn loaded(vars: &[(&str, &str)]) -> Result<remediate_config::Loaded, String> {
         let mut out = Err(String::new());
         figment::Jail::expect_with(|jail| {
