@@ -437,6 +437,10 @@ pub struct Mirror {
     marks: Mutex<HashMap<RunId, u64>>,
 }
 
+/// Transient mirror failures in a row after which a pass takes S3 as
+/// unreachable and stops.
+pub const UNREACHABLE_AFTER: usize = 3;
+
 /// The directories whose runs are mirrored (corrupt/ cannot be read).
 const MIRRORED_DIRS: [Dir; 5] = [Dir::Queued, Dir::Held, Dir::Running, Dir::Done, Dir::Dlq];
 
@@ -536,10 +540,14 @@ impl Mirror {
         (dirty, present)
     }
 
-    /// Mirrors every run that changed since it was last mirrored. Stops at
-    /// the first error that says AWS cannot be reached (a transient one) and
-    /// returns it, so the caller backs off; other failures are listed.
+    /// Mirrors every run that changed since it was last mirrored. A run
+    /// whose mirror fails is listed in [`MirrorPass::failed`] and the pass
+    /// goes on, so one run S3 refuses never holds back the others; after
+    /// [`UNREACHABLE_AFTER`] transient failures in a row (and no success in
+    /// between) S3 is taken as unreachable: the pass stops and returns that
+    /// error. Either way the caller retries with backoff.
     pub async fn pass(&self) -> SpoolResult<MirrorPass> {
+        let mut transient_in_a_row = 0;
         // A listing and a stat per run (microseconds each): done inline.
         let (dirty, present) = self.dirty();
         let mut out = MirrorPass::default();
@@ -563,8 +571,16 @@ impl Mirror {
                         }
                     }
                     self.mark(&id, len);
+                    transient_in_a_row = 0;
                 }
-                Err(e) if e.is_transient() => return Err(e),
+                Err(e) if e.is_transient() => {
+                    transient_in_a_row += 1;
+                    if transient_in_a_row >= UNREACHABLE_AFTER {
+                        return Err(e);
+                    }
+                    tracing::warn!(run_id = %id, error = %e, code = e.code(), "mirroring to S3 failed; retried with backoff");
+                    out.failed.push((id, e.to_string()));
+                }
                 Err(e) => {
                     tracing::error!(run_id = %id, error = %e, code = e.code(), "mirroring to S3 failed");
                     out.failed.push((id, e.to_string()));
@@ -605,7 +621,21 @@ impl Mirror {
         };
         let mut backoff: Option<Duration> = None;
         loop {
+            // While S3 is unreachable, only the backoff timer wakes the
+            // mirror; after a partial failure, changes still do.
+            let mut unreachable = false;
             let wait = match self.pass().await {
+                Ok(p) if !p.failed.is_empty() => {
+                    let d = next_backoff(backoff, max_backoff);
+                    backoff = Some(d);
+                    tracing::warn!(
+                        failed = p.failed.len(),
+                        applied = p.applied.len(),
+                        retry_in_s = d.as_secs(),
+                        "some runs were not mirrored; retrying"
+                    );
+                    d
+                }
                 Ok(p) => {
                     backoff = None;
                     if !p.applied.is_empty() || !p.stale.is_empty() {
@@ -620,6 +650,7 @@ impl Mirror {
                 Err(e) => {
                     let d = next_backoff(backoff, max_backoff);
                     backoff = Some(d);
+                    unreachable = true;
                     tracing::warn!(error = %e, code = e.code(), retry_in_s = d.as_secs(), "S3 unreachable; mirror paused");
                     d
                 }
@@ -627,7 +658,7 @@ impl Mirror {
             if *stop.borrow() {
                 break;
             }
-            let in_backoff = backoff.is_some();
+            let in_backoff = unreachable;
             tokio::select! {
                 _ = stop.changed() => {
                     // One last try before the process ends.

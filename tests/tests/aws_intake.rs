@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use aws_support::*;
 use remediate_executor::intake::{
     Handled, Intake, IntakeSettings, Mirror, Mirrored, Received, RemoteMessage, RemoteRuns,
+    UNREACHABLE_AFTER,
 };
 use remediate_spool::aws::S3SqsStore;
 use remediate_spool::{
@@ -396,8 +397,11 @@ async fn the_mirror_retries_until_s3_answers_and_loses_nothing_across_restarts()
     f.spool.start_attempt_blocking(&id).unwrap();
     f.spool.complete_blocking(&id, Default::default()).unwrap();
     f.remote.mirror_failures_left.store(2, Ordering::SeqCst);
-    assert_eq!(mirror.pass().await.unwrap_err().code(), "backend_error");
-    assert_eq!(mirror.pass().await.unwrap_err().code(), "backend_error");
+    for _ in 0..2 {
+        let p = mirror.pass().await.unwrap();
+        assert_eq!(p.failed.len(), 1, "{p:?}");
+        assert!(p.applied.is_empty());
+    }
     assert_eq!(
         f.store
             .fetch(&f.host, &id)
@@ -426,6 +430,57 @@ async fn the_mirror_retries_until_s3_answers_and_loses_nothing_across_restarts()
     std::fs::remove_dir_all(f.spool.root().join("mirror")).unwrap();
     let fresh = Mirror::open(f.spool.clone(), f.host.clone(), f.remote.clone()).unwrap();
     assert_eq!(fresh.pass().await.unwrap().already_current, vec![id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_run_does_not_hold_back_the_others_and_an_outage_stops_the_pass() {
+    let Some(f) =
+        fixture("one_failing_run_does_not_hold_back_the_others_and_an_outage_stops_the_pass").await
+    else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let id = f
+            .store
+            .enqueue(new_run(&f.host, "count", false))
+            .await
+            .unwrap()
+            .record
+            .run_id;
+        ids.push(id);
+    }
+    f.drain().await;
+    let mirror = Mirror::open(f.spool.clone(), f.host.clone(), f.remote.clone()).unwrap();
+    assert_eq!(mirror.pass().await.unwrap().already_current.len(), 4);
+    // Every run changes locally (a note each).
+    for id in &ids {
+        f.spool
+            .append_note_blocking(id, "test", serde_json::json!({}))
+            .unwrap();
+    }
+    // An outage: UNREACHABLE_AFTER failures in a row stop the pass.
+    f.remote
+        .mirror_failures_left
+        .store(UNREACHABLE_AFTER as u32, Ordering::SeqCst);
+    let calls = f.remote.mirror_calls.load(Ordering::SeqCst);
+    assert_eq!(mirror.pass().await.unwrap_err().code(), "backend_error");
+    assert_eq!(
+        f.remote.mirror_calls.load(Ordering::SeqCst) - calls,
+        UNREACHABLE_AFTER as u32,
+        "the pass stopped instead of trying every run"
+    );
+    // One failure: the other three are mirrored in the same pass.
+    f.remote.mirror_failures_left.store(1, Ordering::SeqCst);
+    let p = mirror.pass().await.unwrap();
+    assert_eq!((p.failed.len(), p.applied.len()), (1, 3), "{p:?}");
+    // And the one left over is mirrored by the next pass.
+    let p = mirror.pass().await.unwrap();
+    assert_eq!((p.failed.len(), p.applied.len()), (0, 1), "{p:?}");
+    for id in &ids {
+        let s3 = f.store.fetch(&f.host, id).await.unwrap().unwrap().record;
+        assert_eq!(s3, f.spool.get_blocking(id).unwrap().unwrap());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
