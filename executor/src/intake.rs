@@ -397,7 +397,14 @@ impl Intake {
                 _ = stop.changed() => break,
             };
             match polled {
-                Ok(_) => backoff = None,
+                Ok(handled) => {
+                    backoff = None;
+                    // A quiet queue: still pick up policy changes (one GET
+                    // per long poll).
+                    if handled.is_empty() {
+                        self.sync_host_doc().await;
+                    }
+                }
                 Err(e) => {
                     let d = next_backoff(backoff, self.settings.max_backoff);
                     backoff = Some(d);

@@ -518,3 +518,32 @@ async fn the_mirror_never_moves_s3_back_to_an_older_state() {
     // Stale is final: not tried again until the local record changes.
     assert_eq!(mirror.pass().await.unwrap(), Default::default());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_document_follows_s3_before_runs_are_imported() {
+    let Some(f) = fixture("the_host_document_follows_s3_before_runs_are_imported").await else {
+        return;
+    };
+    let doc = serde_json::json!({"hostId": "web-1", "enabled": true, "profile": "strict"});
+    f.store.put_host_doc(&f.host, doc.clone()).await.unwrap();
+    f.store
+        .enqueue(new_run(&f.host, "count", false))
+        .await
+        .unwrap();
+    f.drain().await;
+    assert_eq!(
+        f.spool.get_host_doc_blocking(&f.host).unwrap(),
+        Some(doc),
+        "copied with the batch"
+    );
+    let disabled = serde_json::json!({"hostId": "web-1", "enabled": false, "profile": "strict"});
+    f.store
+        .put_host_doc(&f.host, disabled.clone())
+        .await
+        .unwrap();
+    f.intake.sync_host_doc().await;
+    assert_eq!(
+        f.spool.get_host_doc_blocking(&f.host).unwrap(),
+        Some(disabled)
+    );
+}
