@@ -12,17 +12,21 @@ help: ## List the targets
 dev: ## Start the whole system locally: API on 127.0.0.1:3035, executor, ./var spool, demo catalog, a printed token
 	infra/dev/run.sh
 
-test: ## Run every test of the workspace (the README's test command)
-	$(CARGO) test --workspace --locked
+# Features that test and lint build with: the S3/SQS store (its tests start
+# moto from target/moto-venv, which `test` installs first).
+AWS_FEATURES ?= remediate-spool/aws
+
+test: moto-venv ## Run every test of the workspace, AWS store against moto included (the README's test command)
+	$(CARGO) test --workspace --locked --features $(AWS_FEATURES)
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked --features $(AWS_FEATURES) -- -D warnings
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: bench-spool bench-http bench-executor ## Run every benchmark (release build; prints figures as ratios)
+bench: bench-spool bench-http bench-executor bench-aws ## Run every benchmark (release build; prints figures as ratios)
 
 bench-spool: ## Spool benchmarks: durable enqueue vs bare loop and SQLite, claim, snapshot
 	$(CARGO) bench --locked -p remediate-spool --bench spool

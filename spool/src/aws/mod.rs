@@ -57,12 +57,20 @@
 //!
 //! # What moto (the test stand-in) lacks
 //!
-//! moto 5.2.5 implements `If-None-Match: *` and `If-Match` on PUT, but it
-//! never answers 409, so the 409 retry loop is unit-tested with a fake
-//! ([`retry`]). Its conditional writes are checked and applied under a
-//! lock per key in our measurements (the 1,000-round race test is the
-//! evidence; see `spool/tests/aws`).
-
+//! The tests run against moto 5.2.5 in server mode. It implements
+//! `If-None-Match: *` and `If-Match` on PutObject, but:
+//!
+//! * its conditional PutObject is **not atomic**: `S3Response.put_object`
+//!   compares the ETag and stores the object several steps later, with no
+//!   lock in between, so two concurrent PUTs with the same `If-Match` can
+//!   both succeed. Our two-writer race test found such double winners
+//!   within a few hundred rounds. S3 itself applies the condition and the
+//!   write as one step. The tests therefore start moto through
+//!   `spool/tests/store/moto_serial.py`, which wraps that one method in a
+//!   lock and changes nothing else;
+//! * it never answers `409 ConditionalRequestConflict`, so the retry of a
+//!   409 ([`retry`]) is unit-tested with a fake instead.
+//!
 mod keys;
 mod retry;
 
@@ -1268,7 +1276,7 @@ impl Store for S3SqsStore {
             let r = &f.record;
             if r.state != RunState::Queued
                 || millis(r.due_at()) > now_ms
-                || busy_actions.iter().any(|a| *a == r.action_key)
+                || busy_actions.contains(&r.action_key)
             {
                 continue;
             }

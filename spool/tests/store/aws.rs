@@ -321,7 +321,10 @@ async fn recover_rebuilds_a_lost_index_entry_and_resends_its_pointer() {
 /// Two writers approve the same held run, 1,000 rounds: exactly one wins
 /// each round; the other gets `Conflict` (it read before the winner wrote)
 /// or `IllegalMove` (it read after). Rounds run 16 at a time; each round is
-/// still a race of two writers on its own run.
+/// still a race of two writers on its own run. Against moto without
+/// `moto_serial.py` this test finds rounds with two winners (moto's
+/// conditional PUT is check-then-write); `VPS_REMEDIATE_RACE_ROUNDS=N`
+/// runs fewer rounds while iterating.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_writers_approve_one_run_exactly_one_wins_1000_rounds() {
     let Some(setup) = fresh_store().await else {

@@ -1,6 +1,11 @@
 //! A moto server (S3 + SQS stand-in) for this test process: started once on
 //! a free loopback port, stopped when the process ends.
 //!
+//! It runs through `moto_serial.py`, which makes moto's conditional PutObject
+//! atomic (moto checks `If-Match` and writes later without a lock; S3 does
+//! both in one step): see that file. moto also never answers 409
+//! ConditionalRequestConflict, so the store's 409 retry is unit-tested.
+//!
 //! moto runs under a small `sh` that holds a pipe from this process on its
 //! stdin: when this process exits (normally, by panic or by SIGKILL) the
 //! pipe closes and the shell kills moto, so no server is left behind even
@@ -8,7 +13,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -64,16 +69,25 @@ pub fn http(port: u16, method: &str, path: &str) -> std::io::Result<u16> {
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {head:?}")))
 }
 
-fn start(bin: &PathBuf) -> Moto {
+fn start(bin: &Path) -> Moto {
     let log = std::env::temp_dir().join(format!("moto-{}.log", std::process::id()));
+    // The Python of moto's venv runs moto with the serialising patch.
+    let venv_python = bin.with_file_name("python");
+    let python = if venv_python.exists() {
+        venv_python
+    } else {
+        PathBuf::from("python3")
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/store/moto_serial.py");
     for _ in 0..3 {
         let port = free_port();
         let child = Command::new("sh")
             .arg("-c")
-            .arg(r#""$0" -H 127.0.0.1 -p "$1" </dev/null >"$2" 2>&1 & m=$!; cat >/dev/null; kill $m 2>/dev/null; wait $m"#)
-            .arg(bin)
+            .arg(r#""$0" "$3" -H 127.0.0.1 -p "$1" </dev/null >"$2" 2>&1 & m=$!; cat >/dev/null; kill $m 2>/dev/null; wait $m"#)
+            .arg(&python)
             .arg(port.to_string())
             .arg(&log)
+            .arg(&script)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -86,6 +100,11 @@ fn start(bin: &PathBuf) -> Moto {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if http(port, "GET", "/moto-api/").is_ok_and(|c| c == 200) {
+                let out = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(
+                    out.contains("moto_serial: S3 PutObject check-and-write serialised"),
+                    "moto started without the serialising patch:\n{out}"
+                );
                 return moto;
             }
             let exited = moto
