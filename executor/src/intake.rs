@@ -27,7 +27,7 @@
 //!   answer is final for that version.
 //!
 //! The AWS calls sit behind [`RemoteRuns`]; the S3 + SQS store implements it
-//! (feature `aws`, [`crate::intake_aws`]).
+//! (feature `aws`, module `intake_aws`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
