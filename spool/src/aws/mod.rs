@@ -38,14 +38,14 @@
 //!   `412 Precondition Failed` means someone else wrote first: the move
 //!   returns [`SpoolError::Conflict`] and nothing is written, never a silent
 //!   overwrite. A `409 ConditionalRequestConflict` (another conditional write
-//!   on the key in flight) is retried with backoff ([`retry`]).
+//!   on the key in flight) is retried with backoff (module `retry`).
 //! * After the commit the index entry of the new version is written and the
 //!   old one deleted. A crash in between leaves a missing or stale entry:
 //!   readers drop entries older than the newest of the same run and re-check
 //!   the record they read; [`Store::recover`] rebuilds a host's index from
-//!   its records and re-sends the pointer of every queued run whose entry
-//!   was missing (the message may have been lost with it; the executor
-//!   deduplicates by run id).
+//!   its records and re-sends the pointer of every queued, never-attempted
+//!   run (a message lost to a crash or a failed send between the commit and
+//!   the send; the executor deduplicates by run id).
 //!
 //! # Queues
 //!
@@ -69,7 +69,7 @@
 //!   `spool/tests/store/moto_serial.py`, which wraps that one method in a
 //!   lock and changes nothing else;
 //! * it never answers `409 ConditionalRequestConflict`, so the retry of a
-//!   409 ([`retry`]) is unit-tested with a fake instead.
+//!   409 (module `retry`) is unit-tested with a fake instead.
 //!
 mod keys;
 mod retry;
@@ -904,9 +904,14 @@ impl S3SqsStore {
     // ----- the executor's write-back -----
 
     /// Writes the executor's newer copy of a run back to S3 with `If-Match`
-    /// CAS, retrying on conflict by re-reading; never replaces a record with
-    /// one that is less far along (see [`progress`]): that is `Stale`. A run
-    /// missing in S3 (pruned) is created again.
+    /// CAS, retrying on conflict by re-reading (up to 16 times, then
+    /// `Conflict`). It never replaces a record with one that is not further
+    /// along: that is `Stale`, and nothing is written. "Further along"
+    /// compares, in order: attempts started, whether the last attempt
+    /// finished, terminal or not, then the last change time. The copy is
+    /// appended as a `mirrored` event, so S3's log keeps its history, and
+    /// notes the API added in S3 meanwhile are kept. A run missing in S3
+    /// (pruned) is created again.
     pub async fn mirror(&self, record: &RunRecord) -> Result<MirrorOutcome> {
         let host = &record.host_id;
         let id = &record.run_id;
@@ -1015,8 +1020,13 @@ impl S3SqsStore {
     /// The newest index entry of each run in `prefix` (drops entries a crash
     /// left behind).
     async fn entries(&self, prefix: &str) -> Result<Vec<(IndexEntry, i64)>> {
+        self.entries_in(prefix, usize::MAX).await
+    }
+
+    /// As [`Self::entries`], from the first `limit` keys only.
+    async fn entries_in(&self, prefix: &str, limit: usize) -> Result<Vec<(IndexEntry, i64)>> {
         let mut newest: HashMap<RunId, (IndexEntry, i64)> = HashMap::new();
-        for (k, t) in self.list_keys(prefix, usize::MAX).await? {
+        for (k, t) in self.list_keys(prefix, limit).await? {
             if let Some(e) = keys::parse_index_key(&k) {
                 match newest.get(&e.run_id) {
                     Some((old, _)) if old.version >= e.version => {}
@@ -1084,18 +1094,21 @@ impl S3SqsStore {
         }
         for (k, rec) in &want {
             if !have.contains(k) {
-                if rec.state == RunState::Queued {
-                    self.send(
-                        host,
-                        &HostMessage::Run {
-                            run_id: rec.run_id.clone(),
-                            host_id: host.clone(),
-                        },
-                    )
-                    .await?;
-                }
                 self.put_plain(k, Vec::new()).await?;
                 rep.relocated.push(rec.run_id.to_string());
+            }
+            // At least once: a crash (or a failed send) between a commit and
+            // its message must not strand a ready run. The executor
+            // deduplicates by run id.
+            if rec.state == RunState::Queued && rec.attempts == 0 && !self.is_claimed(&rec.run_id) {
+                self.send(
+                    host,
+                    &HostMessage::Run {
+                        run_id: rec.run_id.clone(),
+                        host_id: host.clone(),
+                    },
+                )
+                .await?;
             }
         }
         // Claim markers of other (dead) instances: there is no lease, so
@@ -1207,27 +1220,28 @@ impl Store for S3SqsStore {
     }
 
     async fn list(&self, q: ListQuery) -> Result<Vec<RunRecord>> {
-        let mut picks: Vec<(i64, RunId, HostId, Bucket)> = Vec::new();
+        let mut picks: Vec<(IndexEntry, HostId)> = Vec::new();
         for host in self.hosts_listed(q.host.as_ref()).await? {
             for b in &q.buckets {
-                let mut es = self.entries(&keys::index_prefix(&host, *b)).await?;
+                // Keys sort oldest request first: the first page(s) suffice.
+                // The slack covers entries a crash left behind.
+                let prefix = keys::index_prefix(&host, *b);
+                let mut es = self.entries_in(&prefix, q.limit.saturating_add(64)).await?;
                 es.sort_by(|a, b| {
                     (a.0.requested_ms, &a.0.run_id).cmp(&(b.0.requested_ms, &b.0.run_id))
                 });
                 es.truncate(q.limit);
-                picks.extend(
-                    es.into_iter()
-                        .map(|(e, _)| (e.requested_ms, e.run_id, host.clone(), *b)),
-                );
+                picks.extend(es.into_iter().map(|(e, _)| (e, host.clone())));
             }
         }
-        picks.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        picks.sort_by(|a, b| (a.0.requested_ms, &a.0.run_id).cmp(&(b.0.requested_ms, &b.0.run_id)));
         picks.truncate(q.limit);
         let mut out = Vec::with_capacity(picks.len());
-        for (_, id, host, b) in picks {
-            // An entry a crash left stale: the record says where it is now.
-            if let Some(f) = self.fetch(&host, &id).await?
-                && keys::bucket_of(&f.record) == b
+        for (e, host) in picks {
+            // An entry a crash left stale names an older version, and the
+            // record is listed where its current entry is.
+            if let Some(f) = self.fetch(&host, &e.run_id).await?
+                && (f.version == e.version || keys::bucket_of(&f.record) == e.bucket)
             {
                 out.push(f.record);
             }
@@ -1518,9 +1532,11 @@ impl Store for S3SqsStore {
             .and_then(|(due, _, _)| chrono::DateTime::from_timestamp_millis(*due)))
     }
 
-    /// Rebuilds every host's index from the records, re-sends the pointer of
-    /// queued runs whose entry was missing, and drops claim markers of other
-    /// instances (call it only from the one consumer of a host, at start).
+    /// Rebuilds every host's index from the records (reads every record),
+    /// re-sends the pointer of every queued, never-attempted run (a crash or
+    /// a failed send after a commit loses no run; the executor deduplicates
+    /// by run id), and drops claim markers of other instances (call it only
+    /// from the one consumer of a host, at start, or from an operator tool).
     /// Unlike the local spool it does not settle interrupted attempts: in
     /// AWS mode the executor's local spool owns running runs.
     async fn recover(&self) -> Result<RecoveryReport> {

@@ -188,9 +188,18 @@ pub async fn claim_start_complete(s: &dyn Store) {
     assert_eq!(started.state, RunState::Running);
     assert_eq!(started.attempts, 1);
     assert!(started.open_attempt().is_some());
-    // Claimed runs count as running, started or not.
+    // Claimed runs count and list as running, started or not.
     let c = s.counts(Some(h.clone())).await.unwrap();
     assert_eq!((c.running, c.queued), (2, 0));
+    let running = s
+        .list(ListQuery {
+            host: Some(h.clone()),
+            buckets: vec![Bucket::Running],
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&running), vec![a.run_id.clone(), b.run_id.clone()]);
     illegal(s.start_attempt(&a.run_id).await, RunState::Running);
     let noted = s
         .append_event(&a.run_id, "progress", json!({"step": 1}))
@@ -444,4 +453,28 @@ pub async fn prune_finished(s: &dyn Store) {
     assert_eq!(s.get(&keep.run_id).await.unwrap(), Some(keep));
     let c = s.counts(Some(h)).await.unwrap();
     assert_eq!((c.queued, c.canceled, c.dlq), (1, 0, 0));
+}
+
+/// Concurrent enqueues with one idempotency key create one run; every
+/// caller gets that run.
+pub async fn concurrent_same_key_creates_one(s: &dyn Store) {
+    let h = host("api-1");
+    let keyed = NewRun {
+        idempotency_key: Some(IdemKey::parse("retry-storm").unwrap()),
+        ..run(&h, "restart")
+    };
+    let (a, b, c, d) = tokio::join!(
+        s.enqueue(keyed.clone()),
+        s.enqueue(keyed.clone()),
+        s.enqueue(keyed.clone()),
+        s.enqueue(keyed.clone())
+    );
+    let all = [a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()];
+    assert_eq!(
+        all.iter().filter(|e| e.created).count(),
+        1,
+        "exactly one creator"
+    );
+    assert!(all.iter().all(|e| e.record.run_id == all[0].record.run_id));
+    assert_eq!(s.counts(Some(h)).await.unwrap().queued, 1);
 }

@@ -48,4 +48,5 @@ contract_tests!(
     counts_and_list,
     host_docs_activity_audit,
     prune_finished,
+    concurrent_same_key_creates_one,
 );
