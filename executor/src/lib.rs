@@ -14,12 +14,17 @@
 //!   policy document;
 //! - [`queue`]: `queue list|show|flush` for an operator on the host;
 //! - [`notify`]: webhook notifications of dead letters and approvals,
-//!   never blocking the claim loop.
+//!   never blocking the claim loop;
+//! - [`intake`]: AWS mode: the SQS intake into the local spool and the
+//!   mirror of local state to S3 (the store itself behind feature `aws`).
 
 pub mod attempt;
 pub mod config_planner;
 pub mod daemon;
 pub mod error;
+pub mod intake;
+#[cfg(feature = "aws")]
+pub mod intake_aws;
 pub mod notify;
 pub mod outcome;
 pub mod plan;

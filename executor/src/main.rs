@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use remediate_config::{Layer, Loaded, Loader};
 use remediate_executor::config_planner::ConfigPlanner;
+use remediate_executor::intake::{self, AwsSettings, StoreMode};
 use remediate_executor::notify::{self, Notifier, NotifyOptions, WebhookUrl};
 use remediate_executor::queue::{self, StateFilter};
 use remediate_executor::{DaemonSettings, Deps};
@@ -267,7 +268,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Run(common) => {
             let s = setup(&common)?;
             let (deps, sender) = deps(&s)?;
-            let stopped = remediate_executor::run(deps, shutdown_signal()?).await?;
+            let mode = intake::store_mode(&s.loaded.settings.store).map_err(UsageError)?;
+            let stopped = match mode {
+                StoreMode::Local => remediate_executor::run(deps, shutdown_signal()?).await?,
+                StoreMode::Aws(aws) => run_aws(deps, aws).await?,
+            };
             if let Some(sender) = sender {
                 sender.finish(NOTIFY_FLUSH).await;
             }
@@ -281,6 +286,13 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Once { common, limit } => {
             let s = setup(&common)?;
+            if let StoreMode::Aws(_) =
+                intake::store_mode(&s.loaded.settings.store).map_err(UsageError)?
+            {
+                tracing::warn!(
+                    "AWS mode: `once` drains only what the spool already holds (the SQS intake runs with `run`)"
+                );
+            }
             let (deps, sender) = deps(&s)?;
             let limit = limit.unwrap_or(deps.settings.drain_limit);
             if limit == 0 {
@@ -393,6 +405,49 @@ async fn queue_cmd(cmd: QueueCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// AWS mode: the daemon with the SQS intake and the S3 mirror beside it.
+#[cfg(feature = "aws")]
+async fn run_aws(
+    deps: Deps,
+    aws: AwsSettings,
+) -> anyhow::Result<remediate_executor::daemon::Stopped> {
+    use remediate_executor::intake::{IntakeSettings, RemoteRuns};
+    let store = remediate_executor::intake_aws::connect(&aws)
+        .await
+        .map_err(|e| UsageError(format!("AWS store: {e}")))?;
+    // The template creates the queues; creating them here is for tests and
+    // first starts, and may be denied to a least-privilege executor role.
+    if let Err(e) = store.ensure_host_queues(&deps.host).await {
+        tracing::warn!(error = %e, "cannot create or check this host's queues; using them as they are");
+    }
+    tracing::info!(
+        bucket = %aws.bucket,
+        queue_prefix = %aws.queue_prefix,
+        region = %aws.region,
+        "AWS mode: pulling this host's SQS queue into the spool"
+    );
+    let remote: Arc<dyn RemoteRuns> = Arc::new(store);
+    let settings = IntakeSettings {
+        pause_after_import: intake::pause_after_import_from_env(),
+        ..IntakeSettings::default()
+    };
+    Ok(intake::run_with_intake(deps, remote, settings, shutdown_signal()?).await?)
+}
+
+/// A build without the `aws` feature refuses AWS mode with a clear message.
+#[cfg(not(feature = "aws"))]
+async fn run_aws(
+    _deps: Deps,
+    _aws: AwsSettings,
+) -> anyhow::Result<remediate_executor::daemon::Stopped> {
+    Err(UsageError(
+        "VPS_REMEDIATE_STORE=aws: this executor was built without the `aws` feature \
+         (cargo build -p remediate-executor --features aws)"
+            .into(),
+    )
+    .into())
 }
 
 /// Resolves on the first SIGTERM or SIGINT. A second one kills every

@@ -28,16 +28,32 @@ pub struct DirWatch {
 impl DirWatch {
     /// Watches `dir` for files renamed or created into it.
     pub fn new(dir: &Path) -> Result<DirWatch> {
-        let err = |e: nix::Error| ExecError::Watch {
-            path: dir.to_path_buf(),
-            source: std::io::Error::from(e),
-        };
-        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(err)?;
-        ino.add_watch(
-            dir,
-            AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_ONLYDIR,
-        )
-        .map_err(err)?;
+        Self::on(&[dir], false)
+    }
+
+    /// Watches several directories on one descriptor: files renamed or
+    /// created into them and, with `modified`, appends to the files in them
+    /// (the S3 mirror wants every event of a record, not only its moves).
+    pub fn on(dirs: &[&Path], modified: bool) -> Result<DirWatch> {
+        let first = dirs.first().copied().unwrap_or(Path::new("."));
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| {
+            ExecError::Watch {
+                path: first.to_path_buf(),
+                source: std::io::Error::from(e),
+            }
+        })?;
+        let mut flags =
+            AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE | AddWatchFlags::IN_ONLYDIR;
+        if modified {
+            flags |= AddWatchFlags::IN_MODIFY;
+        }
+        for dir in dirs {
+            ino.add_watch(*dir, flags).map_err(|e| ExecError::Watch {
+                path: dir.to_path_buf(),
+                source: std::io::Error::from(e),
+            })?;
+        }
+        let dir = first;
         // `AsyncFd::new` is deprecated in favour of the `unsafe` `register`
         // (the workspace forbids unsafe). Its soundness condition holds
         // here: `Fd` owns the inotify descriptor for the AsyncFd's whole life

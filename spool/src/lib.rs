@@ -92,8 +92,8 @@ pub use error::{Result, SpoolError};
 pub use id::{HostId, IdemKey, RunId};
 pub use index::Bucket;
 pub use local::{
-    ActivityEntry, ActivityKind, Counts, Dir, Enqueued, HostActivity, ListQuery, LocalSpool,
-    PruneReport, RecoveryReport, Retention, SpoolOptions,
+    ActivityEntry, ActivityKind, Counts, Dir, Enqueued, HostActivity, ImportOutcome, ListQuery,
+    LocalSpool, PruneReport, RecoveryReport, Retention, SpoolOptions,
 };
 pub use record::{
     Approval, ApprovalStatus, Attempt, AttemptResult, Canary, CommandOutput, NewRun, Phase,

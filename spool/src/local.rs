@@ -673,6 +673,80 @@ impl LocalSpool {
         })
     }
 
+    /// Imports a run that was created elsewhere (AWS mode: the executor
+    /// fetched it from S3 after an SQS message) into this spool, in the state
+    /// the record says (queued, usually), so the executor runs it exactly as
+    /// a local one.
+    ///
+    /// Deduplicated by run id: when the id exists on this host in any state
+    /// (queued, held, running, done, dlq or corrupt), nothing is written and
+    /// the answer is [`ImportOutcome::AlreadyPresent`]; the directory holding
+    /// it is fsynced first, so a caller that acknowledges the source (deletes
+    /// the SQS message) on that answer never loses the run.
+    ///
+    /// Durability is the same as enqueue: create `tmp/<id>.<nonce>` with
+    /// O_EXCL, write the record as its `enqueued` event, fsync, rename
+    /// (no-replace) into the state directory and fsync that directory before
+    /// returning. A crash at any step leaves either no run (the import can
+    /// simply be repeated) or a published one (the repeat says
+    /// `AlreadyPresent`). Imports of one host are serialised with the host's
+    /// key lock, and the no-replace rename catches a twin that moved into the
+    /// target directory meanwhile.
+    ///
+    /// Refused with [`SpoolError::Invalid`] (nothing written): a record of
+    /// another host than `host`, or one whose attempt history does not add
+    /// up (a record from outside is validated like a log line is).
+    pub fn import_blocking(&self, host: &HostId, record: RunRecord) -> Result<ImportOutcome> {
+        if record.host_id != *host {
+            return Err(SpoolError::Invalid(format!(
+                "run {} belongs to host {}, not to {host}: not imported",
+                record.run_id, record.host_id
+            )));
+        }
+        check_importable(&record)?;
+        self.ensure_host(host)?;
+        let _key_lock = self.key_lock(host)?;
+        let id = record.run_id.clone();
+        if let Some(dir) = self.present_in_host(host, &id)? {
+            self.sync_dir(&self.dir_path(host, dir))?;
+            return Ok(ImportOutcome::AlreadyPresent(dir));
+        }
+        let target = Dir::for_state(record.state);
+        match self.publish(record) {
+            Ok(_) => Ok(ImportOutcome::Imported(target)),
+            Err(SpoolError::Io { source, .. })
+                if source.raw_os_error() == Some(nix::libc::EEXIST) =>
+            {
+                self.sync_dir(&self.dir_path(host, target))?;
+                Ok(ImportOutcome::AlreadyPresent(target))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Async form of [`LocalSpool::import_blocking`] (runs on the blocking
+    /// pool).
+    pub async fn import(&self, host: &HostId, record: RunRecord) -> Result<ImportOutcome> {
+        let (s, host) = (self.clone(), host.clone());
+        tokio::task::spawn_blocking(move || s.import_blocking(&host, record))
+            .await
+            .map_err(|e| SpoolError::Backend(format!("spool worker thread failed: {e}")))?
+    }
+
+    /// Where `id` is on `host`, counting quarantined copies (`corrupt/<id>`
+    /// and `corrupt/<id>.<n>`).
+    fn present_in_host(&self, host: &HostId, id: &RunId) -> Result<Option<Dir>> {
+        if let Some(d) = self.locate_in_host(host, id) {
+            return Ok(Some(d));
+        }
+        let prefix = format!("{}.", id.as_str());
+        let quarantined = self
+            .names_in(host, Dir::Corrupt)?
+            .iter()
+            .any(|n| n.starts_with(&prefix));
+        Ok(quarantined.then_some(Dir::Corrupt))
+    }
+
     fn key_lock(&self, host: &HostId) -> Result<Flock<File>> {
         let path = self.inner.runs.join(host.as_str()).join("keys.lock");
         let f = OpenOptions::new()
@@ -1662,6 +1736,49 @@ impl LocalSpool {
     pub fn host_dir(&self, host: &HostId, dir: Dir) -> PathBuf {
         self.dir_path(host, dir)
     }
+}
+
+/// What [`LocalSpool::import_blocking`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// The run was written, durably, into this directory.
+    Imported(Dir),
+    /// The run id was already in this directory; nothing was written.
+    AlreadyPresent(Dir),
+}
+
+/// A record from outside must describe a history the state machine could
+/// have produced: one history entry per attempt, an open attempt exactly
+/// when running, and no more attempts than allowed.
+fn check_importable(r: &RunRecord) -> Result<()> {
+    let bad = |why: &str| {
+        Err(SpoolError::Invalid(format!(
+            "run {}: {why}: not imported",
+            r.run_id
+        )))
+    };
+    if r.max_attempts == 0 {
+        return bad("maxAttempts is 0");
+    }
+    if r.attempts > r.max_attempts {
+        return bad("more attempts than maxAttempts");
+    }
+    if r.history.len() != r.attempts as usize {
+        return bad("the attempt history does not match the attempt count");
+    }
+    if r.history
+        .iter()
+        .enumerate()
+        .any(|(i, a)| a.attempt as usize != i + 1)
+    {
+        return bad("the attempt history is not numbered 1, 2, ...");
+    }
+    let open = r.history.iter().filter(|a| a.finished_at.is_none()).count();
+    let expect_open = usize::from(r.state == RunState::Running);
+    if open != expect_open || (open == 1 && r.open_attempt().is_none()) {
+        return bad("an attempt is open but the run is not running, or the reverse");
+    }
+    Ok(())
 }
 
 fn pending_replay(events: &[Event]) -> Option<RunId> {

@@ -2,6 +2,8 @@
 //! code they share: where the workspace's binaries are, and a clean
 //! environment for running them.
 
+pub mod moto;
+
 use std::path::PathBuf;
 use std::process::Command;
 

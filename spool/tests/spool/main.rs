@@ -7,6 +7,7 @@ mod util;
 
 mod corrupt;
 mod faults;
+mod import;
 mod model;
 mod moves;
 mod race;

@@ -1,0 +1,382 @@
+//! AWS mode end to end against moto: the HTTP router in process on the
+//! S3 + SQS store enqueues a run -> its pointer goes on the host's SQS queue
+//! -> the real `remediate-executor run` child (AWS mode) imports it into its
+//! spool and runs it -> the state mirrored back to S3 is read through the
+//! router's routes as `succeeded`.
+//!
+//! The second test SIGKILLs the executor between the durable import and the
+//! delete of the message (the `test-hooks` pause), restarts it, and checks
+//! that the redelivered message is recognised and the command ran exactly
+//! once (its side effect is a new file per execution, as in the soak test).
+//!
+//! Run:
+//! `cargo build -p remediate-executor --features aws,test-hooks &&
+//!  cargo test -p remediate-tests --features aws --test aws_e2e`
+#![cfg(feature = "aws")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod aws_support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_support::*;
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use remediate_functions::auth::{AuthConfig, Role, TokenEntry, hash_token};
+use remediate_functions::{AppState, Metrics, app};
+use remediate_spool::{Dir, HostId, RunId};
+use remediate_tests::{clean_command, workspace_bin};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const HOST: &str = "aws-e2e-host";
+const ADMIN: &str = "admin-token-for-the-aws-e2e";
+const ACTION: &str = "count-once";
+
+/// The test catalog: one non-idempotent action whose first command leaves a
+/// new file per execution.
+fn catalog_toml(effects: &Path) -> String {
+    let mark = format!("{}/{{run_id}}.{{attempt}}.XXXXXX", effects.display());
+    format!(
+        r#"[[action]]
+id = "{ACTION}"
+title = "Count executions (not idempotent)"
+risk = "low"
+tier = "safe_auto"
+timeout_secs = 30
+idempotent = false
+commands = [["/usr/bin/mktemp", "{mark}"]]
+"#
+    )
+}
+
+struct World {
+    aws: Aws,
+    dir: tempfile::TempDir,
+    state: Arc<AppState>,
+    catalog: PathBuf,
+    effects: PathBuf,
+    spool: PathBuf,
+}
+
+async fn world(test: &str, prefix: &str) -> Option<World> {
+    let aws = aws(test, prefix).await?;
+    let dir = tempfile::tempdir().unwrap();
+    let effects = dir.path().join("effects");
+    std::fs::create_dir(&effects).unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(&catalog, catalog_toml(&effects)).unwrap();
+    // mktemp has no entry in the built-in allowlist (as in the soak test);
+    // the guard's rules 1-3 still apply.
+    let config = dir.path().join("remediate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "enforce_allowlist = false\ncatalog = {:?}\n",
+            catalog.display().to_string()
+        ),
+    )
+    .unwrap();
+    let loaded = remediate_config::Loader::new()
+        .config_file(Some(config))
+        .load()
+        .unwrap_or_else(|e| panic!("config: {e}"));
+    let cat = remediate_config::Catalog::load(&catalog).unwrap();
+    let tokens = vec![TokenEntry {
+        name: "admin".into(),
+        role: Role::Admin,
+        sha256: hash_token(ADMIN),
+        hosts: None::<BTreeSet<String>>,
+    }];
+    let mut auth = AuthConfig::new(tokens, None, b"0123456789abcdef0123456789abcdef".to_vec());
+    auth.secure_cookie = false;
+    let host = HostId::parse(HOST).unwrap();
+    aws.store.ensure_host_queues(&host).await.unwrap();
+    let state = Arc::new(AppState {
+        store: Arc::new(aws.store.clone()),
+        loaded: Arc::new(loaded),
+        catalog: Arc::new(cat),
+        auth,
+        drain_wait: Duration::from_millis(200),
+        notify_url: None,
+        metrics: Metrics::default(),
+        effective_cache: Default::default(),
+    });
+    let w = World {
+        spool: dir.path().join("spool"),
+        aws,
+        dir,
+        state,
+        catalog,
+        effects,
+    };
+    w.register_host().await;
+    Some(w)
+}
+
+impl World {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .header("content-type", "application/json");
+        let req = match body {
+            Some(b) => req.body(Body::from(b.to_string())).unwrap(),
+            None => req.body(Body::empty()).unwrap(),
+        };
+        let resp = app(self.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
+        )
+    }
+
+    /// Registers the host through the router (its policy document goes to
+    /// S3, where the executor's intake picks it up).
+    async fn register_host(&self) {
+        let (s, v) = self
+            .call("PUT", &format!("/api/hosts/{HOST}"), Some(json!({})))
+            .await;
+        assert_eq!(s, 200, "register host: {v}");
+    }
+
+    /// Dry-run, then execute, through the router: returns the run id.
+    async fn execute(&self) -> RunId {
+        let (s, v) = self
+            .call(
+                "POST",
+                "/api/remediate",
+                Some(json!({"mode": "dry-run", "hostId": HOST, "actionId": ACTION, "params": {}})),
+            )
+            .await;
+        assert_eq!(s, 200, "dry-run: {v}");
+        let (s, v) = self
+            .call(
+                "POST",
+                "/api/remediate",
+                Some(
+                    json!({"mode": "execute", "hostId": HOST, "actionId": ACTION, "params": {},
+                            "confirmPhrase": format!("EXECUTE {ACTION}")}),
+                ),
+            )
+            .await;
+        assert_eq!(s, 200, "execute: {v}");
+        assert_eq!(v["run"]["state"], "queued", "{v}");
+        RunId::parse(v["run"]["runId"].as_str().unwrap()).unwrap()
+    }
+
+    /// The run as the router shows it (read from S3).
+    async fn run(&self, id: &RunId) -> Value {
+        let (s, v) = self.call("GET", &format!("/api/ops/runs/{id}"), None).await;
+        assert_eq!(s, 200, "{v}");
+        v["run"].clone()
+    }
+
+    /// Waits until the router says `want`. The deadline is a hang guard for
+    /// a broken pipeline, not a timing assertion.
+    async fn wait_state(&self, id: &RunId, want: &str, exec: &mut Executor) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let run = self.run(id).await;
+            if run["state"] == want {
+                return run;
+            }
+            exec.check_alive();
+            assert!(
+                Instant::now() < deadline,
+                "run {id} never became {want} in S3: {run}\nexecutor log:\n{}",
+                exec.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn executions(&self, id: &RunId) -> usize {
+        std::fs::read_dir(&self.effects)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(id.as_str()))
+            .count()
+    }
+
+    fn local_dir_of(&self, id: &RunId) -> Option<Dir> {
+        [
+            Dir::Queued,
+            Dir::Held,
+            Dir::Running,
+            Dir::Done,
+            Dir::Dlq,
+            Dir::Corrupt,
+        ]
+        .into_iter()
+        .find(|d| {
+            self.spool
+                .join("runs")
+                .join(HOST)
+                .join(d.name())
+                .join(id.as_str())
+                .exists()
+        })
+    }
+
+    fn start_executor(&self, life: u32, pause_after_import: Option<u64>) -> Executor {
+        let bin = workspace_bin("remediate-executor").unwrap_or_else(|e| panic!("{e}"));
+        let log = self.dir.path().join(format!("executor-{life}.log"));
+        let err = std::fs::File::create(&log).unwrap();
+        let mut cmd = clean_command(&bin);
+        cmd.args(["run", "--host-id", HOST, "--spool"])
+            .arg(&self.spool)
+            .current_dir(self.dir.path())
+            .env("VPS_REMEDIATE_STORE", "aws")
+            .env("VPS_REMEDIATE_S3_BUCKET", &self.aws.cfg.bucket)
+            .env("VPS_REMEDIATE_SQS_QUEUE_PREFIX", &self.aws.cfg.queue_prefix)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", self.aws.moto.endpoint())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("VPS_REMEDIATE_CATALOG", &self.catalog)
+            .env("VPS_REMEDIATE_ENFORCE_ALLOWLIST", "false")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err);
+        if let Some(s) = pause_after_import {
+            cmd.env(
+                remediate_executor::intake::PAUSE_AFTER_IMPORT_VAR,
+                s.to_string(),
+            );
+        }
+        Executor {
+            child: cmd.spawn().expect("start remediate-executor"),
+            log,
+        }
+    }
+}
+
+struct Executor {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Executor {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn check_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("the executor exited ({status}):\n{}", self.log());
+        }
+    }
+
+    fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_enqueues_executor_imports_runs_and_mirrors_succeeded() {
+    let Some(w) = world(
+        "router_enqueues_executor_imports_runs_and_mirrors_succeeded",
+        "e2e",
+    )
+    .await
+    else {
+        return;
+    };
+    let mut exec = w.start_executor(1, None);
+    let id = w.execute().await;
+    let run = w.wait_state(&id, "succeeded", &mut exec).await;
+    assert_eq!(run["attempts"], 1, "{run}");
+    assert_eq!(w.executions(&id), 1, "the command ran once");
+    assert_eq!(w.local_dir_of(&id), Some(Dir::Done));
+    // The snapshot route counts it too (S3 index entries).
+    let (s, v) = w
+        .call("GET", "/api/ops/remediate-queue?limit=100", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["snapshot"]["counts"]["succeeded"].as_u64().unwrap_or(0) >= 1,
+        "{v}"
+    );
+    assert!(
+        exec.log().contains("run imported from SQS"),
+        "{}",
+        exec.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_killed_between_import_and_delete_runs_the_command_once() {
+    let Some(w) = world(
+        "executor_killed_between_import_and_delete_runs_the_command_once",
+        "kill",
+    )
+    .await
+    else {
+        return;
+    };
+    // Life 1 pauses (for an hour) after the durable import, before the
+    // delete: it is SIGKILLed there, with the message still on the queue.
+    let mut first = w.start_executor(1, Some(3600));
+    let id = w.execute().await;
+    // Let the daemon run it meanwhile (so a second execution would show),
+    // and wait for the hook's log line: the process is inside the pause.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        first.check_alive();
+        let log = first.log();
+        let paused = log.contains("test hook: pausing between import and delete");
+        if paused && w.local_dir_of(&id) == Some(Dir::Done) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "life 1 never imported and ran {id}:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.sigkill();
+    assert!(
+        !first.log().contains("duplicate delivery"),
+        "life 1 saw one delivery"
+    );
+    assert_eq!(w.executions(&id), 1);
+
+    // Life 2: the message comes back after its visibility timeout, is found
+    // in the spool, and is deleted without running anything again.
+    let mut second = w.start_executor(2, None);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !second.log().contains("duplicate delivery") {
+        second.check_alive();
+        assert!(
+            Instant::now() < deadline,
+            "the message never came back:\n{}",
+            second.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let run = w.wait_state(&id, "succeeded", &mut second).await;
+    assert_eq!(run["attempts"], 1, "one attempt: {run}");
+    assert_eq!(w.executions(&id), 1, "the command ran exactly once");
+    assert!(second.log().contains(id.as_str()));
+}
