@@ -12,10 +12,11 @@ help: ## List the targets
 dev: ## Start the whole system locally: API on 127.0.0.1:3035, executor, ./var spool, demo catalog, a printed token
 	infra/dev/run.sh
 
-# Features that test and lint build with: the S3/SQS store and the Lambda
-# entry's use of it (the store's tests start moto from target/moto-venv,
-# which `test` installs first).
-AWS_FEATURES ?= remediate-spool/aws,remediate-functions/aws
+# Features that test and lint build with: the S3/SQS store, the Lambda
+# entry's use of it, the executor's SQS intake and S3 mirror, and the AWS
+# end-to-end tests (whose executor needs the test-hooks pause). The AWS
+# tests start moto from target/moto-venv, which `test` installs first.
+AWS_FEATURES ?= remediate-spool/aws,remediate-functions/aws,remediate-executor/aws,remediate-executor/test-hooks,remediate-tests/aws
 
 test: moto-venv ## Run every test of the workspace, AWS store against moto included (the README's test command)
 	$(CARGO) test --workspace --locked --features $(AWS_FEATURES)

@@ -31,9 +31,10 @@ lambda-tools: ## Install cargo-lambda (with zig) into target/lambda-venv
 # LAMBDA_ARCH=arm64 builds for Graviton (cheaper per ms) when the Rust
 # toolchain has the aarch64-unknown-linux-gnu target; the stack's
 # LambdaArchitecture parameter must match (make deploy passes it).
-# LAMBDA_FEATURES=aws adds cargo features (the S3/SQS store).
+# LAMBDA_FEATURES: cargo features of the Lambda binary; aws (the default)
+# builds in the S3/SQS store, which the deployed function needs.
 LAMBDA_ARCH ?= x86_64
-LAMBDA_FEATURES ?=
+LAMBDA_FEATURES ?= aws
 LAMBDA_ARCH_FLAG = $(if $(filter arm64,$(LAMBDA_ARCH)),--arm64)
 LAMBDA_FEATURES_FLAG = $(if $(strip $(LAMBDA_FEATURES)),--features $(LAMBDA_FEATURES))
 
