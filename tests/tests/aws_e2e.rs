@@ -1,5 +1,6 @@
-//! AWS mode end to end against moto: the HTTP router in process on the
-//! S3 + SQS store enqueues a run -> its pointer goes on the host's SQS queue
+//! AWS mode end to end against moto: the HTTP router in process, in Lambda
+//! mode (API Gateway v2 events through `remediate_functions::lambda::invoke`),
+//! on the S3 + SQS store enqueues a run -> its pointer goes on the host's SQS queue
 //! -> the real `remediate-executor run` child (AWS mode) imports it into its
 //! spool and runs it -> the state mirrored back to S3 is read through the
 //! router's routes as `succeeded`.
@@ -24,15 +25,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_support::*;
-use axum::body::Body;
-use axum::http::Request;
-use http_body_util::BodyExt;
 use remediate_functions::auth::{AuthConfig, Role, TokenEntry, hash_token};
 use remediate_functions::{AppState, Metrics, app};
 use remediate_spool::{Dir, HostId, RunId};
 use remediate_tests::{clean_command, workspace_bin};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 const HOST: &str = "aws-e2e-host";
 const ADMIN: &str = "admin-token-for-the-aws-e2e";
@@ -120,23 +117,57 @@ async fn world(test: &str, prefix: &str) -> Option<World> {
 }
 
 impl World {
+    /// One request through the Lambda entry, as API Gateway (HTTP API, `$default`
+    /// stage) hands it to the function: an event in, the response JSON out.
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", format!("Bearer {ADMIN}"))
-            .header("content-type", "application/json");
-        let req = match body {
-            Some(b) => req.body(Body::from(b.to_string())).unwrap(),
-            None => req.body(Body::empty()).unwrap(),
-        };
-        let resp = app(self.state.clone()).oneshot(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let (raw_path, query) = path.split_once('?').unwrap_or((path, ""));
+        let mut headers = json!({
+            "host": "e2e.execute-api.us-east-1.amazonaws.com",
+            "authorization": format!("Bearer {ADMIN}"),
+            "x-forwarded-proto": "https",
+        });
+        if body.is_some() {
+            headers["content-type"] = json!("application/json");
+        }
+        let event = json!({
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": raw_path,
+            "rawQueryString": query,
+            "headers": headers,
+            "requestContext": {
+                "accountId": "123456789012",
+                "apiId": "e2e",
+                "domainName": "e2e.execute-api.us-east-1.amazonaws.com",
+                "domainPrefix": "e2e",
+                "http": {
+                    "method": method,
+                    "path": raw_path,
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": "198.51.100.7",
+                    "userAgent": "aws-e2e"
+                },
+                "requestId": "aws-e2e",
+                "routeKey": "$default",
+                "stage": "$default",
+                "time": "28/Nov/2026:13:40:00 +0000",
+                "timeEpoch": 1795873200000u64
+            },
+            "body": body.map(|b| b.to_string()),
+            "isBase64Encoded": false
+        });
+        let out = remediate_functions::lambda::invoke(
+            app(self.state.clone()),
+            event.to_string().as_bytes(),
+        )
+        .await
+        .unwrap();
+        let status = out["statusCode"].as_u64().unwrap() as u16;
+        assert_eq!(out["isBase64Encoded"], false, "{out}");
+        let text = out["body"].as_str().unwrap_or_default();
         (
             status,
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
+            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into())),
         )
     }
 
