@@ -734,15 +734,26 @@ impl S3SqsStore {
             PutOutcome::Written(etag) => etag,
             PutOutcome::PreconditionFailed => return Ok(None),
         };
-        if record.state == RunState::Queued {
-            self.send(
-                host,
-                &HostMessage::Run {
-                    run_id: id.clone(),
-                    host_id: host.clone(),
-                },
-            )
-            .await?;
+        if record.state == RunState::Queued
+            && let Err(e) = self
+                .send(
+                    host,
+                    &HostMessage::Run {
+                        run_id: id.clone(),
+                        host_id: host.clone(),
+                    },
+                )
+                .await
+        {
+            // Not acknowledged, and no executor will hear of it: undo the
+            // record (no index entry exists yet), so that the caller's retry
+            // cannot leave a stranded second copy. A run-ids pointer without
+            // a record reads as "no such run".
+            if let Err(undo) = self.delete_key(&key).await {
+                tracing::error!(run_id = %id, error = %undo,
+                    "enqueue failed to send its pointer and could not remove the record; the next recover() re-sends it");
+            }
+            return Err(e);
         }
         self.move_index(None, record, 1).await?;
         Ok(Some(FetchedRun {

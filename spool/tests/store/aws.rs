@@ -438,3 +438,45 @@ async fn a_409_conditional_request_conflict_is_retried() {
         "{x:?} {y:?}"
     );
 }
+
+/// A pointer that cannot be sent fails the enqueue and leaves nothing behind:
+/// no record, no index entry, so the caller's retry makes the only copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_whose_pointer_cannot_be_sent_fails_and_leaves_no_run() {
+    let Some(s) = fresh_store().await else { return };
+    let h = host("gone-queue");
+    let first = s.enqueue(run(&h, "restart")).await.unwrap().record;
+    // The store has the queue's URL cached; take the queue away.
+    let queues = s.ensure_host_queues(&h).await.unwrap();
+    s.sqs_client()
+        .delete_queue()
+        .queue_url(&queues.queue_url)
+        .send()
+        .await
+        .unwrap();
+    let err = s.enqueue(run(&h, "restart")).await.unwrap_err();
+    assert!(!err.to_string().is_empty());
+    let runs = s
+        .list(ListQuery {
+            host: Some(h.clone()),
+            buckets: vec![Bucket::Queued],
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>(),
+        vec![first.run_id.clone()],
+        "only the acknowledged run exists"
+    );
+    assert_eq!(s.counts(Some(h.clone())).await.unwrap().total(), 1);
+    let keys = s
+        .s3_client()
+        .list_objects_v2()
+        .bucket(&s.config().bucket)
+        .prefix(format!("hosts/{}/runs/", h.as_str()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keys.contents().len(), 1, "no stranded record: {keys:?}");
+}
