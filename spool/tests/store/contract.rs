@@ -328,6 +328,9 @@ pub async fn counts_and_list(s: &dyn Store) {
     let mut queued = Vec::new();
     for _ in 0..4 {
         queued.push(s.enqueue(run(&h, "restart")).await.unwrap().record);
+        // Distinct request times (records keep milliseconds), so "at or
+        // after queued[2]" below cannot take queued[1] on a fast machine.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     }
     let hd = s.enqueue(held(&h, "restart")).await.unwrap().record;
     let o = s.enqueue(run(&other, "restart")).await.unwrap().record;
