@@ -83,6 +83,9 @@ pub trait RemoteRuns: Send + Sync + std::fmt::Debug {
     async fn mirror(&self, record: &RunRecord) -> SpoolResult<Mirrored>;
     /// The host's policy document in S3 (`hosts/<host>/policy.json`).
     async fn host_doc(&self, host: &HostId) -> SpoolResult<Option<serde_json::Value>>;
+    /// Ids of the host's ready (queued) runs in S3, oldest first, at most
+    /// `limit`.
+    async fn ready_runs(&self, host: &HostId, limit: usize) -> SpoolResult<Vec<RunId>>;
 }
 
 // ----- settings -----
@@ -138,6 +141,9 @@ pub struct IntakeSettings {
     pub max_backoff: Duration,
     /// Safety-net rescan of the mirror (it is woken by inotify and imports).
     pub mirror_rescan: Duration,
+    /// How often the intake lists the host's ready runs in S3 and imports
+    /// those it never got a message for ([`Intake::reconcile_once`]).
+    pub reconcile_interval: Duration,
     /// Test hook: pause this long after a durable import and before the
     /// delete, so a test can SIGKILL the executor there. Set only from
     /// `VPS_REMEDIATE_TEST_PAUSE_AFTER_IMPORT_SECONDS` in builds with the
@@ -152,10 +158,14 @@ impl Default for IntakeSettings {
             wait: Duration::from_secs(20),
             max_backoff: Duration::from_secs(60),
             mirror_rescan: Duration::from_secs(30),
+            reconcile_interval: Duration::from_secs(60),
             pause_after_import: None,
         }
     }
 }
+
+/// Most ready runs one reconcile pass looks at.
+pub const RECONCILE_BATCH: usize = 200;
 
 /// The test hook's variable (honoured only with the `test-hooks` feature).
 pub const PAUSE_AFTER_IMPORT_VAR: &str = "VPS_REMEDIATE_TEST_PAUSE_AFTER_IMPORT_SECONDS";
@@ -381,6 +391,43 @@ impl Intake {
         Handled::Left(reason)
     }
 
+    /// The safety net beside the pointer messages: imports every ready run
+    /// of this host that S3 lists and the local spool does not hold, if it
+    /// was never attempted (a run attempted here is present locally; one
+    /// attempted elsewhere is not ours to run again). Finds runs whose
+    /// message was never sent. Returns the runs imported.
+    pub async fn reconcile_once(&self) -> SpoolResult<Vec<RunId>> {
+        let ids = self.remote.ready_runs(&self.host, RECONCILE_BATCH).await?;
+        let mut imported = Vec::new();
+        for id in ids {
+            if Store::get(&self.spool, &id).await?.is_some() {
+                continue;
+            }
+            let Some(rec) = self.remote.fetch(&self.host, &id).await? else {
+                continue;
+            };
+            if rec.run_id != id
+                || rec.host_id != self.host
+                || rec.state != remediate_spool::RunState::Queued
+                || rec.attempts != 0
+            {
+                continue;
+            }
+            match self.spool.import(&self.host, rec).await {
+                Ok(ImportOutcome::Imported(dir)) => {
+                    tracing::warn!(run_id = %id, dir = dir.name(), "run found in S3 without a message; imported");
+                    self.nudge.notify_one();
+                    imported.push(id);
+                }
+                Ok(ImportOutcome::AlreadyPresent(_)) => {}
+                Err(e) => {
+                    tracing::error!(run_id = %id, error = %e, code = e.code(), "cannot import a run found in S3")
+                }
+            }
+        }
+        Ok(imported)
+    }
+
     /// Polls until `stop` turns true, backing off while SQS cannot be
     /// reached. A receive under way is abandoned on stop (its messages stay
     /// invisible until their timeout and then come back).
@@ -388,9 +435,16 @@ impl Intake {
         let mut backoff: Option<Duration> = None;
         tracing::info!(host_id = %self.host, "SQS intake started");
         self.sync_host_doc().await;
+        let mut next_reconcile = tokio::time::Instant::now();
         loop {
             if *stop.borrow() {
                 break;
+            }
+            if tokio::time::Instant::now() >= next_reconcile {
+                next_reconcile = tokio::time::Instant::now() + self.settings.reconcile_interval;
+                if let Err(e) = self.reconcile_once().await {
+                    tracing::warn!(error = %e, code = e.code(), "listing ready runs in S3 failed");
+                }
             }
             let polled = tokio::select! {
                 r = self.poll_once() => r,

@@ -49,6 +49,10 @@ impl RemoteRuns for S3SqsStore {
         S3SqsStore::delete_message(self, host, receipt_handle).await
     }
 
+    async fn ready_runs(&self, host: &HostId, limit: usize) -> SpoolResult<Vec<RunId>> {
+        S3SqsStore::ready_runs(self, host, limit).await
+    }
+
     async fn fetch(&self, host: &HostId, id: &RunId) -> SpoolResult<Option<RunRecord>> {
         Ok(S3SqsStore::fetch(self, host, id).await?.map(|f| f.record))
     }

@@ -114,6 +114,10 @@ impl RemoteRuns for Faulty {
     async fn host_doc(&self, host: &HostId) -> Result<Option<serde_json::Value>> {
         RemoteRuns::host_doc(&self.store, host).await
     }
+
+    async fn ready_runs(&self, host: &HostId, limit: usize) -> Result<Vec<RunId>> {
+        RemoteRuns::ready_runs(&self.store, host, limit).await
+    }
 }
 
 struct Fixture {
@@ -545,5 +549,53 @@ async fn the_host_document_follows_s3_before_runs_are_imported() {
     assert_eq!(
         f.spool.get_host_doc_blocking(&f.host).unwrap(),
         Some(disabled)
+    );
+}
+
+/// A ready run whose message never arrived (an approve whose send failed
+/// after its commit; here the message is taken off the queue unread) is
+/// found by the reconcile pass and imported once; held runs and runs already
+/// attempted are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_imports_ready_runs_whose_message_never_arrived() {
+    let Some(f) = fixture("reconcile_imports_ready_runs_whose_message_never_arrived").await else {
+        return;
+    };
+    let lost = f
+        .store
+        .enqueue(new_run(&f.host, "count", false))
+        .await
+        .unwrap()
+        .record;
+    let mut held = new_run(&f.host, "count", false);
+    held.approval_required = true;
+    let held = f.store.enqueue(held).await.unwrap().record;
+    // Lose the pointer: receive it and delete it without importing.
+    for m in f
+        .store
+        .receive(&f.host, 10, Duration::from_secs(1))
+        .await
+        .unwrap()
+    {
+        f.store
+            .delete_message(&f.host, &m.receipt_handle)
+            .await
+            .unwrap();
+    }
+    assert_eq!(f.queue_depth().await, (0, 0));
+    assert!(f.spool.get_blocking(&lost.run_id).unwrap().is_none());
+
+    let imported = f.intake.reconcile_once().await.unwrap();
+    assert_eq!(imported, vec![lost.run_id.clone()]);
+    let local = f.spool.get_blocking(&lost.run_id).unwrap().unwrap();
+    assert_eq!(local.state, RunState::Queued);
+    assert!(
+        f.spool.get_blocking(&held.run_id).unwrap().is_none(),
+        "a held run is not ready"
+    );
+    assert_eq!(
+        f.intake.reconcile_once().await.unwrap(),
+        Vec::<RunId>::new(),
+        "present locally: not imported twice"
     );
 }

@@ -810,6 +810,20 @@ impl S3SqsStore {
         Ok(q)
     }
 
+    /// Run ids of the host's ready runs (queued index, oldest request
+    /// first, at most `limit`), read from index keys alone. The executor's
+    /// intake uses it as a safety net beside the pointer messages: a run
+    /// whose message was never sent (an approve or replay whose send
+    /// failed after its commit) is still found.
+    pub async fn ready_runs(&self, host: &HostId, limit: usize) -> Result<Vec<RunId>> {
+        Ok(self
+            .list_keys(&keys::index_prefix(host, Bucket::Queued), limit)
+            .await?
+            .into_iter()
+            .filter_map(|(k, _)| keys::parse_index_key(&k).map(|e| e.run_id))
+            .collect())
+    }
+
     /// The host's queue URL: cached, else looked up, else created.
     async fn queue_url(&self, host: &HostId) -> Result<String> {
         if let Some(q) = lock(&self.inner.queues).get(host) {
