@@ -958,13 +958,7 @@ impl LocalSpool {
         self.do_move(
             id,
             mv,
-            |r| {
-                Ok(EventKind::AttemptFinished {
-                    attempt: r.attempts,
-                    result,
-                    next,
-                })
-            },
+            |r| Ok(EventKind::attempt_finished(r, result, next)),
             false,
         )
     }
@@ -996,20 +990,7 @@ impl LocalSpool {
         self.do_move(
             id,
             Move::DeadLetter,
-            move |r| {
-                Ok(if r.state == RunState::Running {
-                    EventKind::AttemptFinished {
-                        attempt: r.attempts,
-                        result: result.unwrap_or_default(),
-                        next: Next::DeadLetter { reason },
-                    }
-                } else {
-                    EventKind::DeadLettered {
-                        reason,
-                        error: result.and_then(|r| r.error),
-                    }
-                })
-            },
+            move |r| Ok(EventKind::dead_letter(r, reason, result)),
             false,
         )
     }

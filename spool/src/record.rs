@@ -210,6 +210,36 @@ pub struct NewRun {
     pub tier: Option<String>,
 }
 
+impl NewRun {
+    /// A plain request: 3 attempts, not idempotent, no approval, no
+    /// parameters, canary, rollback, expiry or idempotency key. Set the
+    /// rest with struct update syntax.
+    pub fn new(
+        host_id: HostId,
+        action_key: impl Into<String>,
+        requested_by: impl Into<String>,
+    ) -> NewRun {
+        NewRun {
+            host_id,
+            action_key: action_key.into(),
+            params: BTreeMap::new(),
+            requested_by: requested_by.into(),
+            idempotency_key: None,
+            max_attempts: 3,
+            expires_at: None,
+            idempotent: false,
+            approval_required: false,
+            canary: Canary::default(),
+            rollback: Rollback::default(),
+            auto_queued: false,
+            auto_reason: None,
+            auto_tier: None,
+            risk: None,
+            tier: None,
+        }
+    }
+}
+
 /// The state of one run, as folded from its event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -420,6 +450,31 @@ pub enum EventKind {
     Mirrored {
         record: Box<RunRecord>,
     },
+}
+
+impl EventKind {
+    /// Ends `r`'s open attempt with `result`, then `next`.
+    pub fn attempt_finished(r: &RunRecord, result: AttemptResult, next: Next) -> EventKind {
+        EventKind::AttemptFinished {
+            attempt: r.attempts,
+            result,
+            next,
+        }
+    }
+
+    /// The dead-letter event for `r`: a running run's attempt ends with it;
+    /// any other run is dead-lettered without an attempt (keeping the
+    /// result's error, if any).
+    pub fn dead_letter(r: &RunRecord, reason: String, result: Option<AttemptResult>) -> EventKind {
+        if r.state == RunState::Running {
+            EventKind::attempt_finished(r, result.unwrap_or_default(), Next::DeadLetter { reason })
+        } else {
+            EventKind::DeadLettered {
+                reason,
+                error: result.and_then(|r| r.error),
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1034,13 +1034,7 @@ impl S3SqsStore {
             .do_move(
                 id,
                 mv,
-                |r| {
-                    Ok(EventKind::AttemptFinished {
-                        attempt: r.attempts,
-                        result,
-                        next,
-                    })
-                },
+                |r| Ok(EventKind::attempt_finished(r, result, next)),
                 false,
             )
             .await?;
@@ -1420,20 +1414,7 @@ impl Store for S3SqsStore {
             .do_move(
                 id,
                 Move::DeadLetter,
-                move |r| {
-                    Ok(if r.state == RunState::Running {
-                        EventKind::AttemptFinished {
-                            attempt: r.attempts,
-                            result: result.unwrap_or_default(),
-                            next: Next::DeadLetter { reason },
-                        }
-                    } else {
-                        EventKind::DeadLettered {
-                            reason,
-                            error: result.and_then(|r| r.error),
-                        }
-                    })
-                },
+                move |r| Ok(EventKind::dead_letter(r, reason, result)),
                 false,
             )
             .await?;
