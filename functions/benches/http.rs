@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use remediate_spool::{Canary, HostId, LocalSpool, NewRun, Rollback};
+use remediate_spool::{HostId, LocalSpool, NewRun};
 
 const TOKEN: &str = "bench-admin-token-0123456789";
 const ACTIONS: [&str; 4] = [
@@ -121,22 +121,10 @@ fn start(dir: &Path) -> (Server, Duration) {
 
 fn new_run(h: &HostId, action: &str) -> NewRun {
     NewRun {
-        host_id: h.clone(),
-        action_key: action.into(),
-        params: Default::default(),
-        requested_by: "bench".into(),
-        idempotency_key: None,
-        max_attempts: 3,
-        expires_at: None,
         idempotent: true,
-        approval_required: false,
-        canary: Canary::default(),
-        rollback: Rollback::default(),
-        auto_queued: false,
-        auto_reason: None,
-        auto_tier: None,
         risk: Some("low".into()),
         tier: Some("observe".into()),
+        ..NewRun::new(h.clone(), action, "bench")
     }
 }
 

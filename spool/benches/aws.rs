@@ -31,22 +31,9 @@ fn new_run(h: &HostId) -> NewRun {
     params.insert("port".to_string(), serde_json::json!(8080));
     params.insert("protocol".to_string(), serde_json::json!("tcp"));
     NewRun {
-        host_id: h.clone(),
-        action_key: "quarantine-unexpected-listener".into(),
         params,
-        requested_by: "bench".into(),
-        idempotency_key: None,
-        max_attempts: 3,
-        expires_at: None,
-        idempotent: false,
-        approval_required: false,
-        canary: Canary::default(),
-        rollback: Rollback::default(),
-        auto_queued: false,
-        auto_reason: None,
-        auto_tier: None,
         risk: Some("high".into()),
-        tier: None,
+        ..NewRun::new(h.clone(), "quarantine-unexpected-listener", "bench")
     }
 }
 

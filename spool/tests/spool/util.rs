@@ -70,24 +70,7 @@ pub fn open(root: &std::path::Path, io: Arc<dyn DurableIo>, clock: Arc<ManualClo
 }
 
 pub fn run(h: &HostId, action: &str) -> NewRun {
-    NewRun {
-        host_id: h.clone(),
-        action_key: action.into(),
-        params: BTreeMap::new(),
-        requested_by: "tester".into(),
-        idempotency_key: None,
-        max_attempts: 3,
-        expires_at: None,
-        idempotent: false,
-        approval_required: false,
-        canary: Canary::default(),
-        rollback: Rollback::default(),
-        auto_queued: false,
-        auto_reason: None,
-        auto_tier: None,
-        risk: None,
-        tier: None,
-    }
+    NewRun::new(h.clone(), action, "tester")
 }
 
 pub fn ok_result() -> AttemptResult {

@@ -13,22 +13,8 @@ pub fn host(s: &str) -> HostId {
 
 pub fn run(h: &HostId, action: &str) -> NewRun {
     NewRun {
-        host_id: h.clone(),
-        action_key: action.into(),
         params: BTreeMap::from([("unit".to_string(), json!("nginx"))]),
-        requested_by: "tester".into(),
-        idempotency_key: None,
-        max_attempts: 3,
-        expires_at: None,
-        idempotent: false,
-        approval_required: false,
-        canary: Canary::default(),
-        rollback: Rollback::default(),
-        auto_queued: false,
-        auto_reason: None,
-        auto_tier: None,
-        risk: None,
-        tier: None,
+        ..NewRun::new(h.clone(), action, "tester")
     }
 }
 

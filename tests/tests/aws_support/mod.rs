@@ -2,8 +2,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-
 use remediate_spool::aws::{S3SqsConfig, S3SqsStore};
 use remediate_spool::{HostId, NewRun};
 use remediate_tests::moto::Moto;
@@ -46,21 +44,7 @@ pub fn host(s: &str) -> HostId {
 
 pub fn new_run(h: &HostId, action: &str, idempotent: bool) -> NewRun {
     NewRun {
-        host_id: h.clone(),
-        action_key: action.into(),
-        params: BTreeMap::new(),
-        requested_by: "tester".into(),
-        idempotency_key: None,
-        max_attempts: 3,
-        expires_at: None,
         idempotent,
-        approval_required: false,
-        canary: Default::default(),
-        rollback: Default::default(),
-        auto_queued: false,
-        auto_reason: None,
-        auto_tier: None,
-        risk: None,
-        tier: None,
+        ..NewRun::new(h.clone(), action, "tester")
     }
 }
