@@ -33,6 +33,10 @@ use crate::record::{
 use crate::state::{self, Move};
 use crate::{Clock, SystemClock};
 
+/// How long a claim waits for a queued record someone else has locked
+/// before it passes the record (and its action) over for this pass.
+const CLAIM_BUSY_WAIT: Duration = Duration::from_millis(50);
+
 /// The directories of one host's runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dir {
@@ -827,6 +831,9 @@ impl LocalSpool {
     ) -> Result<Option<RunRecord>> {
         let now_ms = self.now().timestamp_millis();
         let mut tried = std::collections::HashSet::new();
+        // Actions whose earliest due run is locked by someone else right
+        // now: their later runs wait too, or they would overtake it.
+        let mut held_back: std::collections::HashSet<String> = std::collections::HashSet::new();
         loop {
             let candidates = {
                 let mut idx = lock(&self.inner.index);
@@ -845,16 +852,23 @@ impl LocalSpool {
             }
             for (id, action) in fresh {
                 tried.insert(id.clone());
-                if !action.is_empty() && skip(&action) {
+                if !action.is_empty() && (skip(&action) || held_back.contains(&*action)) {
                     continue;
                 }
-                let mut l = match self.lock_at(host, Dir::Queued, &id) {
+                let mut l = match self.lock_queued_waiting(host, &id) {
                     Ok(Some(l)) => l,
                     Ok(None) => {
                         lock(&self.inner.index).remove(host, &id);
                         continue;
                     }
-                    Err(SpoolError::Busy { .. }) => continue,
+                    Err(SpoolError::Busy { .. }) => {
+                        // Still locked after the short wait: not claimable in
+                        // this pass. Keep its action's order all the same.
+                        if !action.is_empty() {
+                            held_back.insert(action.to_string());
+                        }
+                        continue;
+                    }
                     Err(SpoolError::Corrupt { path, reason }) => {
                         self.quarantine(host, Dir::Queued, &id, &reason)?;
                         tracing::error!(path = %path.display(), %reason, "corrupt run record quarantined");
@@ -872,7 +886,7 @@ impl LocalSpool {
                     self.index_update(&l);
                     continue;
                 }
-                if skip(&l.record.action_key) {
+                if skip(&l.record.action_key) || held_back.contains(&l.record.action_key) {
                     continue;
                 }
                 if l.torn_tail {
@@ -896,6 +910,27 @@ impl LocalSpool {
                 let rec = l.record.clone();
                 lock(&self.inner.claims).insert(id, l);
                 return Ok(Some(rec));
+            }
+        }
+    }
+
+    /// Locks a queued record for a claim. Others hold a queued record's lock
+    /// only for a moment (a recovery pass reading it, an approval or a
+    /// cancel committing to it, another claimer renaming it away), so a busy
+    /// lock is tried again for up to [`CLAIM_BUSY_WAIT`] instead of passing
+    /// the run over for a later one: a claim that skipped it would break the
+    /// queue's order (and let a second run of the same action start first).
+    /// A record moved away meanwhile is `Ok(None)`.
+    fn lock_queued_waiting(&self, host: &HostId, id: &RunId) -> Result<Option<Locked>> {
+        let deadline = std::time::Instant::now() + CLAIM_BUSY_WAIT;
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match self.lock_at(host, Dir::Queued, id) {
+                Err(SpoolError::Busy { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+                other => return other,
             }
         }
     }

@@ -677,3 +677,89 @@ fn a_new_host_is_watched_so_other_processes_moves_are_seen() {
     let counts = ts.spool.counts_blocking(Some(&h)).unwrap();
     assert_eq!((counts.queued, counts.succeeded), (0, 1), "{counts:?}");
 }
+
+/// The queued record file of `id`, locked as a recovery pass or an approval
+/// locks it while it reads or commits.
+fn lock_queued(ts: &TempSpool, h: &HostId, id: &RunId) -> std::fs::File {
+    let p = ts
+        .spool
+        .root()
+        .join("runs")
+        .join(h.as_str())
+        .join("queued")
+        .join(id.as_str());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(&p)
+        .expect("open the queued record");
+    f.lock().expect("flock");
+    f
+}
+
+#[test]
+fn a_claim_waits_for_a_briefly_locked_record_instead_of_overtaking_it() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let a = ts
+        .spool
+        .enqueue_blocking(run(&h, "x"))
+        .unwrap()
+        .record
+        .run_id;
+    let b = ts
+        .spool
+        .enqueue_blocking(run(&h, "x"))
+        .unwrap()
+        .record
+        .run_id;
+    let held = lock_queued(&ts, &h, &a);
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        drop(held);
+    });
+    let c = ts.spool.claim_next_blocking(&h, &|_| false).unwrap();
+    release.join().unwrap();
+    assert_eq!(c.map(|r| r.run_id), Some(a));
+    assert_eq!(ts.files(&h, Dir::Queued), vec![b.to_string()]);
+}
+
+#[test]
+fn a_record_locked_for_long_holds_back_its_action_but_not_others() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let a = ts
+        .spool
+        .enqueue_blocking(run(&h, "x"))
+        .unwrap()
+        .record
+        .run_id;
+    let b = ts
+        .spool
+        .enqueue_blocking(run(&h, "x"))
+        .unwrap()
+        .record
+        .run_id;
+    let other = ts
+        .spool
+        .enqueue_blocking(run(&h, "y"))
+        .unwrap()
+        .record
+        .run_id;
+    let held = lock_queued(&ts, &h, &a);
+    // `b` would overtake `a`: it waits; the other action's run goes.
+    let c = ts.spool.claim_next_blocking(&h, &|_| false).unwrap();
+    assert_eq!(c.map(|r| r.run_id), Some(other));
+    assert!(
+        ts.spool
+            .claim_next_blocking(&h, &|_| false)
+            .unwrap()
+            .is_none()
+    );
+    drop(held);
+    let c = ts.spool.claim_next_blocking(&h, &|_| false).unwrap();
+    assert_eq!(c.map(|r| r.run_id), Some(a));
+    let mut left = ts.files(&h, Dir::Queued);
+    left.sort();
+    assert_eq!(left, vec![b.to_string()]);
+}
