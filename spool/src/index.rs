@@ -158,6 +158,20 @@ impl HostIndex {
         self.buckets[b.idx()].len()
     }
 
+    /// The runs not yet finished (queued, retry scheduled, held, running),
+    /// with their actions (empty for a file not read yet).
+    pub fn active(&self) -> impl Iterator<Item = (&RunId, &Meta)> {
+        [
+            Bucket::Queued,
+            Bucket::RetryScheduled,
+            Bucket::Held,
+            Bucket::Running,
+        ]
+        .into_iter()
+        .flat_map(|b| self.buckets[b.idx()].iter())
+        .filter_map(|(_, id)| self.entries.get(id).map(|m| (id, m)))
+    }
+
     /// Up to `n` queued runs due at or before `now_ms`, earliest first.
     pub fn due_before(&self, now_ms: i64, n: usize) -> Vec<(RunId, Arc<str>)> {
         self.due

@@ -99,7 +99,7 @@ pub use record::{
     Approval, ApprovalStatus, Attempt, AttemptResult, Canary, CommandOutput, NewRun, Phase,
     Rollback, RunRecord, RunState, Timestamp,
 };
-pub use store::Store;
+pub use store::{Checked, EnqueueCheck, GateFacts, Refusal, Store};
 
 /// Where the spool gets "now" from; tests pass a [`ManualClock`].
 pub trait Clock: Send + Sync + std::fmt::Debug {

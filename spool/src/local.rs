@@ -642,15 +642,101 @@ impl LocalSpool {
     pub fn enqueue_blocking(&self, new: NewRun) -> Result<Enqueued> {
         let host = new.host_id.clone();
         self.ensure_host(&host)?;
+        let _key_lock = match &new.idempotency_key {
+            Some(_) => Some(self.key_lock(&host)?),
+            None => None,
+        };
+        self.enqueue_locked(new)
+    }
+
+    /// [`Store::enqueue_checked`](crate::Store::enqueue_checked) in one step:
+    /// under the host's lock (the one keyed enqueues take, so executes of one
+    /// host are serialised across processes too) it reads the gate facts from
+    /// the index and the host's activity file, asks `check`, and publishes
+    /// the run only if it allows. Nothing is written on a refusal.
+    ///
+    /// Two executes of one host and action that race each other: the second
+    /// sees the first's run as active, as if they had come one after the
+    /// other. (The global backlog counts other hosts' runs without their
+    /// locks: a limit over all hosts may be passed by the few runs enqueued
+    /// at the same moment.)
+    pub fn enqueue_checked_blocking(
+        &self,
+        new: NewRun,
+        since: Timestamp,
+        check: crate::store::EnqueueCheck,
+    ) -> Result<crate::store::Checked> {
+        use crate::store::Checked;
+        let host = new.host_id.clone();
+        self.ensure_host(&host)?;
+        let _host_lock = self.key_lock(&host)?;
+        let facts = self.gate_facts(&host, &new.action_key, since)?;
+        match check(&facts) {
+            Ok(()) => self.enqueue_locked(new).map(Checked::Enqueued),
+            Err(refusal) => Ok(Checked::Refused(refusal)),
+        }
+    }
+
+    /// The facts an execute of `action` on `host` is gated on.
+    fn gate_facts(
+        &self,
+        host: &HostId,
+        action: &str,
+        since: Timestamp,
+    ) -> Result<crate::store::GateFacts> {
+        let mut facts = crate::store::GateFacts::default();
+        let mut unread = Vec::new();
+        {
+            let mut idx = lock(&self.inner.index);
+            idx.sync();
+            if let Some(hi) = idx.hosts.get(host) {
+                for (id, m) in hi.active() {
+                    if m.bucket != Bucket::Running {
+                        facts.host_backlog += 1;
+                    }
+                    if &*m.action == action {
+                        facts.active_run.get_or_insert_with(|| id.clone());
+                    } else if m.action.is_empty() {
+                        unread.push(id.clone());
+                    }
+                }
+            }
+            facts.global_backlog = idx
+                .hosts
+                .values()
+                .map(|hi| {
+                    hi.count(Bucket::Queued)
+                        + hi.count(Bucket::RetryScheduled)
+                        + hi.count(Bucket::Held)
+                })
+                .sum();
+            facts.recent = recent_in(&idx, host, since);
+        }
+        // A file the index could not read yet (being written by another
+        // process): read it now rather than miss an active run.
+        if facts.active_run.is_none() {
+            for id in unread {
+                if let Some(r) = self.get_blocking(&id)?
+                    && r.action_key == action
+                    && !r.state.is_terminal()
+                {
+                    facts.active_run = Some(id);
+                    break;
+                }
+            }
+        }
+        facts.activity = self.host_activity_blocking(host)?;
+        Ok(facts)
+    }
+
+    /// Enqueue with the host's key lock held when the run has a key.
+    fn enqueue_locked(&self, new: NewRun) -> Result<Enqueued> {
+        let host = new.host_id.clone();
         let now = self.now();
         let keyed = new.idempotency_key.clone();
         let id = match &keyed {
             Some(k) => RunId::for_key(&host, k),
             None => RunId::generate(),
-        };
-        let _key_lock = match &keyed {
-            Some(_) => Some(self.key_lock(&host)?),
-            None => None,
         };
         if keyed.is_some()
             && let Some(dir) = self.locate_in_host(&host, &id)
@@ -790,11 +876,14 @@ impl LocalSpool {
             let _ = std::fs::remove_file(&tmp);
             return Err(SpoolError::io("rename", &dest, e));
         }
+        // Into the index as soon as it is in the directory (where others can
+        // see it already), so that nobody's index sync meanwhile stops to
+        // read the file for the inotify event of its rename.
+        lock(&self.inner.index).upsert(&host, id.clone(), Meta::of(&record, target));
         if let Err(e) = self.sync_dir(&self.dir_path(&host, target)) {
             self.unpublish(file, &host, target, &id, &tmp);
             return Err(e);
         }
-        lock(&self.inner.index).upsert(&host, id, Meta::of(&record, target));
         Ok(record)
     }
 
@@ -808,8 +897,8 @@ impl LocalSpool {
                 (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
                 _ => false,
             };
-            if same {
-                let _ = self.inner.io.rename_noreplace(&dest, tmp);
+            if same && self.inner.io.rename_noreplace(&dest, tmp).is_ok() {
+                lock(&self.inner.index).remove(host, id);
             }
         }
     }
@@ -1454,22 +1543,7 @@ impl LocalSpool {
     pub fn recent_requests_blocking(&self, host: &HostId, since: Timestamp) -> Vec<RecentRequest> {
         let mut idx = lock(&self.inner.index);
         idx.sync();
-        let mut v: Vec<RecentRequest> = idx
-            .hosts
-            .get(host)
-            .map(|h| h.requested_since(since.timestamp_millis()))
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(ms, action, auto)| {
-                Some(RecentRequest {
-                    action_key: action.to_string(),
-                    requested_at: chrono::DateTime::from_timestamp_millis(ms)?,
-                    auto_queued: auto,
-                })
-            })
-            .collect();
-        v.sort_by_key(|r| std::cmp::Reverse(r.requested_at));
-        v
+        recent_in(&idx, host, since)
     }
 
     /// When the earliest queued run of `host` is due (for the executor's
@@ -1935,4 +2009,24 @@ pub struct RecentRequest {
     pub action_key: String,
     pub requested_at: Timestamp,
     pub auto_queued: bool,
+}
+
+/// Runs of `host` requested at or after `since`, newest first.
+fn recent_in(idx: &Index, host: &HostId, since: Timestamp) -> Vec<RecentRequest> {
+    let mut v: Vec<RecentRequest> = idx
+        .hosts
+        .get(host)
+        .map(|h| h.requested_since(since.timestamp_millis()))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(ms, action, auto)| {
+            Some(RecentRequest {
+                action_key: action.to_string(),
+                requested_at: chrono::DateTime::from_timestamp_millis(ms)?,
+                auto_queued: auto,
+            })
+        })
+        .collect();
+    v.sort_by_key(|r| std::cmp::Reverse(r.requested_at));
+    v
 }

@@ -6,11 +6,52 @@ use async_trait::async_trait;
 
 use crate::error::{Result, SpoolError};
 use crate::id::{HostId, RunId};
+use crate::index::Bucket;
 use crate::local::{
     ActivityKind, Counts, Enqueued, HostActivity, ListQuery, LocalSpool, PruneReport,
     RecentRequest, RecoveryReport, Retention,
 };
-use crate::record::{AttemptResult, NewRun, RunRecord, Timestamp};
+use crate::record::{AttemptResult, NewRun, RunRecord, RunState, Timestamp};
+
+/// What an operator's execute is gated on, read from the store in one pass
+/// (see [`Store::enqueue_checked`]).
+#[derive(Debug, Clone, Default)]
+pub struct GateFacts {
+    /// A run of the same host and action that has not finished (queued,
+    /// retry scheduled, held or running).
+    pub active_run: Option<RunId>,
+    /// The host's runs waiting to run: queued, retry scheduled or held.
+    pub host_backlog: usize,
+    /// The same over every host.
+    pub global_backlog: usize,
+    /// The host's runs requested at or after the `since` asked for, newest
+    /// first.
+    pub recent: Vec<RecentRequest>,
+    /// The host's recent dry-runs and executes.
+    pub activity: HostActivity,
+}
+
+/// Why a check refused an execute: whatever the caller's check returned,
+/// handed back untouched (the store does not interpret it).
+pub type Refusal = Box<dyn std::any::Any + Send>;
+
+/// The caller's gate: looks at the facts and allows the enqueue or refuses
+/// it.
+pub type EnqueueCheck = Box<dyn FnOnce(&GateFacts) -> std::result::Result<(), Refusal> + Send>;
+
+/// The answer of [`Store::enqueue_checked`].
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per execute and matched at once; a box would cost more than the copy"
+)]
+pub enum Checked {
+    /// The check allowed it and the run was enqueued (or, with an
+    /// idempotency key, found).
+    Enqueued(Enqueued),
+    /// The check refused; nothing was written.
+    Refused(Refusal),
+}
 
 /// Where runs live. Every method is one durable step: when it returns Ok,
 /// the change survives a crash; when it returns Err, the caller must assume
@@ -20,6 +61,53 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Enqueues a run (held when approval is required). With an idempotency
     /// key, the same key for the same host returns the first run.
     async fn enqueue(&self, new: NewRun) -> Result<Enqueued>;
+    /// Reads what an execute of `new` is gated on ([`GateFacts`], with the
+    /// host's requests since `since`), asks `check`, and enqueues only if it
+    /// allows. The local spool does this in one blocking step under the
+    /// host's lock, so two executes of one host cannot both pass a gate
+    /// that only one of them may (one active run per action). This default
+    /// gathers the facts with the other methods and is not atomic.
+    async fn enqueue_checked(
+        &self,
+        new: NewRun,
+        since: Timestamp,
+        check: EnqueueCheck,
+    ) -> Result<Checked> {
+        let host = new.host_id.clone();
+        let active_query = ListQuery {
+            host: Some(host.clone()),
+            buckets: vec![
+                Bucket::Queued,
+                Bucket::RetryScheduled,
+                Bucket::Held,
+                Bucket::Running,
+            ],
+            limit: 10_000,
+        };
+        let (active, all, activity, recent) = tokio::try_join!(
+            self.list(active_query),
+            self.counts(None),
+            self.host_activity(&host),
+            self.recent_requests(&host, since),
+        )?;
+        let facts = GateFacts {
+            active_run: active
+                .iter()
+                .find(|r| r.action_key == new.action_key)
+                .map(|r| r.run_id.clone()),
+            host_backlog: active
+                .iter()
+                .filter(|r| r.state != RunState::Running)
+                .count(),
+            global_backlog: all.queued + all.retry_scheduled + all.held,
+            recent,
+            activity,
+        };
+        match check(&facts) {
+            Ok(()) => self.enqueue(new).await.map(Checked::Enqueued),
+            Err(r) => Ok(Checked::Refused(r)),
+        }
+    }
     async fn get(&self, id: &RunId) -> Result<Option<RunRecord>>;
     /// Oldest first.
     async fn list(&self, q: ListQuery) -> Result<Vec<RunRecord>>;
@@ -91,6 +179,15 @@ impl Store for LocalSpool {
     async fn enqueue(&self, new: NewRun) -> Result<Enqueued> {
         let s = self.clone();
         blocking(move || s.enqueue_blocking(new)).await
+    }
+    async fn enqueue_checked(
+        &self,
+        new: NewRun,
+        since: Timestamp,
+        check: EnqueueCheck,
+    ) -> Result<Checked> {
+        let s = self.clone();
+        blocking(move || s.enqueue_checked_blocking(new, since, check)).await
     }
     async fn get(&self, id: &RunId) -> Result<Option<RunRecord>> {
         let (s, id) = (self.clone(), id.clone());

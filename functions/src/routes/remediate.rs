@@ -15,7 +15,9 @@ use remediate_config::{
     Action, Effective, ExecuteGateInput, RenderContext, RenderedAction, SkipReason,
     approval_required, canary_bucket, canary_percent, canary_selected, execute_gate,
 };
-use remediate_spool::{ActivityKind, Bucket, HostId, IdemKey, ListQuery, NewRun};
+use remediate_spool::{
+    ActivityKind, Checked, EnqueueCheck, GateFacts, HostId, IdemKey, NewRun, Refusal,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -270,6 +272,12 @@ async fn dry_run(
     })))
 }
 
+/// An execute gate's refusal, carried through the store's check.
+struct Refused {
+    reason: SkipReason,
+    active: Option<String>,
+}
+
 fn gate_error(reason: SkipReason, active: Option<&str>) -> ApiError {
     let code = reason.code();
     let msg = reason.to_string();
@@ -319,62 +327,6 @@ async fn execute(
     let rendered = render(t, a, &req.params)?;
     let p = &t.effective.policy;
     let now = chrono::Utc::now();
-    // Gate inputs from the store.
-    // The gates' inputs, read concurrently. Executes are the runs people
-    // asked for, counted from the store's index: an execute writes nothing
-    // but its own run.
-    let hour_ago = now - chrono::Duration::hours(1);
-    let cooldown =
-        chrono::Duration::from_std(p.execute_cooldown()).unwrap_or(chrono::Duration::zero());
-    let window = now - cooldown.max(chrono::Duration::hours(1));
-    let active_query = ListQuery {
-        host: Some(t.host.clone()),
-        buckets: vec![
-            Bucket::Queued,
-            Bucket::RetryScheduled,
-            Bucket::Held,
-            Bucket::Running,
-        ],
-        limit: 10_000,
-    };
-    let (active, all, activity, recent) = tokio::try_join!(
-        st.store.list(active_query),
-        st.store.counts(None),
-        st.store.host_activity(&t.host),
-        st.store.recent_requests(&t.host, window),
-    )?;
-    let active_run = active
-        .iter()
-        .find(|r| r.action_key == a.id)
-        .map(|r| r.run_id.to_string());
-    let host_backlog = active
-        .iter()
-        .filter(|r| !r.state.is_terminal() && r.state != remediate_spool::RunState::Running)
-        .count();
-    let global_backlog = all.queued + all.retry_scheduled + all.held;
-    let executes_last_hour = recent
-        .iter()
-        .filter(|r| !r.auto_queued && r.requested_at > hour_ago)
-        .count() as u32;
-    let since = |at: chrono::DateTime<chrono::Utc>| (now - at).to_std().unwrap_or(Duration::ZERO);
-    // The cooldown counts from the latest run of the action, whoever asked.
-    let since_last_execute = recent
-        .iter()
-        .filter(|r| r.action_key == a.id)
-        .map(|r| r.requested_at)
-        .max()
-        .map(since);
-    let dry_run_age = activity.dry_runs.get(&a.id).copied().map(since);
-    let gate = ExecuteGateInput {
-        policy: p,
-        active_run: active_run.is_some(),
-        executes_last_hour,
-        since_last_execute,
-        host_backlog: host_backlog as u32,
-        global_backlog: global_backlog as u32,
-        dry_run_age,
-    };
-    execute_gate(&gate).map_err(|r| gate_error(r, active_run.as_deref()))?;
     let needs_approval = approval_required(a.risk, a.tier, p.approval_risk_threshold);
     let ttl = chrono::Duration::from_std(p.queue_ttl()).unwrap_or(chrono::Duration::hours(2));
     let key = match req.idempotency_key.as_deref() {
@@ -422,7 +374,58 @@ async fn execute(
                 .unwrap_or_default(),
         ),
     };
-    let enq = st.store.enqueue(new).await?;
+    // The gates and the enqueue are one store step (under the host's lock
+    // in the local spool): the facts the gates see stay true until the run
+    // is published. Executes are the runs people asked for, counted from
+    // the store's index; an execute writes nothing but its own run.
+    let hour_ago = now - chrono::Duration::hours(1);
+    let cooldown =
+        chrono::Duration::from_std(p.execute_cooldown()).unwrap_or(chrono::Duration::zero());
+    let window = now - cooldown.max(chrono::Duration::hours(1));
+    let policy = p.clone();
+    let action_id = a.id.clone();
+    let check: EnqueueCheck = Box::new(move |f: &GateFacts| {
+        let since =
+            |at: chrono::DateTime<chrono::Utc>| (now - at).to_std().unwrap_or(Duration::ZERO);
+        let executes_last_hour = f
+            .recent
+            .iter()
+            .filter(|r| !r.auto_queued && r.requested_at > hour_ago)
+            .count() as u32;
+        // The cooldown counts from the latest run of the action, whoever
+        // asked.
+        let since_last_execute = f
+            .recent
+            .iter()
+            .filter(|r| r.action_key == action_id)
+            .map(|r| r.requested_at)
+            .max()
+            .map(since);
+        let gate = ExecuteGateInput {
+            policy: &policy,
+            active_run: f.active_run.is_some(),
+            executes_last_hour,
+            since_last_execute,
+            host_backlog: f.host_backlog as u32,
+            global_backlog: f.global_backlog as u32,
+            dry_run_age: f.activity.dry_runs.get(&action_id).copied().map(since),
+        };
+        execute_gate(&gate).map_err(|reason| -> Refusal {
+            Box::new(Refused {
+                reason,
+                active: f.active_run.as_ref().map(|id| id.to_string()),
+            })
+        })
+    });
+    let enq = match st.store.enqueue_checked(new, window, check).await? {
+        Checked::Enqueued(enq) => enq,
+        Checked::Refused(r) => {
+            return Err(match r.downcast::<Refused>() {
+                Ok(r) => gate_error(r.reason, r.active.as_deref()),
+                Err(_) => ApiError::internal(),
+            });
+        }
+    };
     if enq.created {
         st.metrics
             .enqueues

@@ -256,3 +256,40 @@ async fn risky_action_waits_for_approval_and_backlog_is_capped() {
         "{v}"
     );
 }
+
+/// Executes of one host and action sent at the same moment: the gates and
+/// the enqueue are one step, so exactly one run is queued and every other
+/// request is told which run is active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn simultaneous_executes_of_one_action_queue_one_run() {
+    let api = Api::new();
+    register(&api, "host-a", json!({})).await;
+    let (s, v) = api
+        .post("/api/remediate", OPS, dry("host-a", "demo-disk-usage"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let one = || api.post("/api/remediate", OPS, exec("host-a", "demo-disk-usage"));
+    let (a, b, c, d, e, f, g, h) =
+        tokio::join!(one(), one(), one(), one(), one(), one(), one(), one());
+    let answers = [a, b, c, d, e, f, g, h];
+    let ok: Vec<&serde_json::Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::OK)
+        .map(|(_, v)| v)
+        .collect();
+    let codes: Vec<_> = answers
+        .iter()
+        .map(|(s, v)| (*s, v["code"].clone()))
+        .collect();
+    assert_eq!(ok.len(), 1, "one queued, the rest refused: {codes:?}");
+    let id = ok[0]["run"]["runId"].as_str().unwrap();
+    for (s, v) in answers.iter().filter(|(s, _)| *s != StatusCode::OK) {
+        assert_eq!(
+            (*s, v["code"].as_str(), v["runningRunId"].as_str()),
+            (StatusCode::CONFLICT, Some("already_active"), Some(id)),
+            "{v}"
+        );
+    }
+    let h = HostId::parse("host-a").unwrap();
+    assert_eq!(api.spool.counts_blocking(Some(&h)).unwrap().queued, 1);
+}

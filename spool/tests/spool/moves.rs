@@ -763,3 +763,32 @@ fn a_record_locked_for_long_holds_back_its_action_but_not_others() {
     left.sort();
     assert_eq!(left, vec![b.to_string()]);
 }
+
+#[test]
+fn racing_checked_enqueues_of_one_action_create_one_run() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let since = ts.spool.now() - chrono::Duration::hours(1);
+    let created: usize = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| {
+                let sp = ts.spool.clone();
+                let h = h.clone();
+                s.spawn(move || {
+                    let check: EnqueueCheck = Box::new(|f: &GateFacts| match f.active_run {
+                        Some(_) => Err(Box::new("already active") as Refusal),
+                        None => Ok(()),
+                    });
+                    match sp.enqueue_checked_blocking(run(&h, "x"), since, check) {
+                        Ok(Checked::Enqueued(e)) => usize::from(e.created),
+                        Ok(Checked::Refused(_)) => 0,
+                        Err(e) => panic!("{e}"),
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(created, 1);
+    assert_eq!(ts.files(&h, Dir::Queued).len(), 1);
+}

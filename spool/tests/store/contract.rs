@@ -467,3 +467,96 @@ pub async fn concurrent_same_key_creates_one(s: &dyn Store) {
     assert!(all.iter().all(|e| e.record.run_id == all[0].record.run_id));
     assert_eq!(s.counts(Some(h)).await.unwrap().queued, 1);
 }
+
+/// A check that refuses when the action has an active run.
+fn one_active() -> EnqueueCheck {
+    Box::new(|f: &GateFacts| match &f.active_run {
+        Some(id) => Err(Box::new(id.clone()) as Refusal),
+        None => Ok(()),
+    })
+}
+
+/// `enqueue_checked` hands the check what the gates need, enqueues only
+/// what it allows, and writes nothing on a refusal.
+pub async fn enqueue_checked_gates(s: &dyn Store) {
+    let h = host("gate-1");
+    let other = host("gate-2");
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    s.record_activity(&h, ActivityKind::DryRun, "restart")
+        .await
+        .unwrap();
+    s.enqueue(held(&other, "flush")).await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let keep = seen.clone();
+    let first = s
+        .enqueue_checked(
+            run(&h, "restart"),
+            since,
+            Box::new(move |f: &GateFacts| {
+                *keep.lock().unwrap() = Some(f.clone());
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    let Checked::Enqueued(first) = first else {
+        panic!("allowed, so enqueued")
+    };
+    let f = seen.lock().unwrap().clone().expect("the check ran");
+    assert_eq!(f.active_run, None);
+    assert_eq!(
+        (f.host_backlog, f.global_backlog),
+        (0, 1),
+        "the other host's held run"
+    );
+    assert!(f.recent.is_empty());
+    assert!(f.activity.dry_runs.contains_key("restart"));
+
+    // A second run of the action meets the first.
+    let keep = seen.clone();
+    let again = s
+        .enqueue_checked(
+            run(&h, "restart"),
+            since,
+            Box::new(move |f: &GateFacts| {
+                *keep.lock().unwrap() = Some(f.clone());
+                one_active()(f)
+            }),
+        )
+        .await
+        .unwrap();
+    let Checked::Refused(why) = again else {
+        panic!("refused: the first run is active")
+    };
+    assert_eq!(*why.downcast::<RunId>().unwrap(), first.record.run_id);
+    let f = seen.lock().unwrap().clone().unwrap();
+    assert_eq!((f.host_backlog, f.global_backlog), (1, 2));
+    assert_eq!(f.recent.len(), 1);
+    assert_eq!(f.recent[0].action_key, "restart");
+    assert_eq!(
+        s.counts(Some(h.clone())).await.unwrap().queued,
+        1,
+        "nothing written"
+    );
+
+    // Another action of the host is not blocked by it.
+    let Checked::Enqueued(_) = s
+        .enqueue_checked(run(&h, "flush"), since, one_active())
+        .await
+        .unwrap()
+    else {
+        panic!("another action passes")
+    };
+    // Once the first run is finished, the action may run again.
+    s.cancel(&first.record.run_id, "done with it")
+        .await
+        .unwrap();
+    let Checked::Enqueued(_) = s
+        .enqueue_checked(run(&h, "restart"), since, one_active())
+        .await
+        .unwrap()
+    else {
+        panic!("no active run any more")
+    };
+    assert_eq!(s.counts(Some(h)).await.unwrap().queued, 2);
+}

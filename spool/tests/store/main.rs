@@ -49,4 +49,5 @@ contract_tests!(
     host_docs_activity_audit,
     prune_finished,
     concurrent_same_key_creates_one,
+    enqueue_checked_gates,
 );
