@@ -336,6 +336,17 @@ impl LocalSpool {
             any |= ensure_dir(&base.join(d.name()))?;
         }
         if any {
+            // The host's lock file, made now rather than by its first
+            // execute.
+            use std::os::unix::fs::OpenOptionsExt;
+            let lock_path = base.join("keys.lock");
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&lock_path)
+                .map_err(|e| SpoolError::io("create", &lock_path, e))?;
             self.inner
                 .io
                 .sync_dir(&base)
