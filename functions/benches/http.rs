@@ -3,8 +3,9 @@
 //!
 //! - durable enqueue through `POST /api/remediate` (mode execute) with 1 and
 //!   32 concurrent keep-alive clients, against the spool's own enqueue of the
-//!   same (host, action) runs from 1 and 32 threads in this process; p50 and
-//!   p99 latency;
+//!   same (host, action) runs from 1 and 32 threads in this process, the
+//!   two sides in alternating rounds; p50 and p99 latency, and the CPU time
+//!   per run of the server and of the in-process spool;
 //! - the server's time from process start to its first answer on /healthz.
 //!
 //! Each execute goes through the whole handler: auth, host policy, render,
@@ -139,43 +140,33 @@ fn jobs(prefix: &str, hosts: usize) -> Vec<(String, &'static str)> {
         .collect()
 }
 
-/// The spool's own durable enqueue of `jobs(prefix, hosts)` from `writers`
-/// threads in this process (hosts created before the clock starts).
-fn spool_enqueue(dir: &Path, prefix: &str, hosts: usize, writers: usize) -> f64 {
-    let sp = LocalSpool::open(dir.join("spool-direct")).unwrap();
-    let work: Vec<(HostId, &str)> = jobs(prefix, hosts)
-        .into_iter()
-        .map(|(h, a)| (HostId::parse(&h).unwrap(), a))
-        .collect();
-    for (h, _) in &work {
-        sp.ensure_host(h).unwrap();
-    }
-    let per = (work.len() / writers).max(1);
+/// The spool's own durable enqueue of `work` from `writers` threads in this
+/// process; the time it took.
+fn spool_enqueue(sp: &LocalSpool, work: &[(HostId, &str)], writers: usize) -> Duration {
+    let per = work.len().div_ceil(writers).max(1);
     let t = Instant::now();
-    let done: usize = std::thread::scope(|s| {
-        let hs: Vec<_> = work
-            .chunks(per)
-            .take(writers)
-            .map(|chunk| {
-                let sp = sp.clone();
-                s.spawn(move || {
-                    for (h, a) in chunk {
-                        sp.enqueue_blocking(new_run(h, a)).unwrap();
-                    }
-                    chunk.len()
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    std::thread::scope(|s| {
+        for chunk in work.chunks(per) {
+            s.spawn(move || {
+                for (h, a) in chunk {
+                    sp.enqueue_blocking(new_run(h, a)).unwrap();
+                }
+            });
+        }
     });
-    done as f64 / t.elapsed().as_secs_f64()
+    t.elapsed()
 }
 
-/// Registers `hosts` hosts and dry-runs every bench action on each (setup).
-fn prepare(addr: &str, prefix: &str, hosts: usize) {
+/// Registers `hosts` hosts and dry-runs every bench action on each (setup),
+/// and makes the same hosts' directories in the baseline's spool, one by
+/// one with the server's: so the two spools' files live side by side on
+/// the disk, in the same state (a new file costs more in a block group
+/// where many files were deleted a moment ago).
+fn prepare(addr: &str, direct: &LocalSpool, prefix: &str, hosts: usize) {
     let mut c = Conn::new(addr);
     for i in 0..hosts {
         let h = format!("{prefix}-{i}");
+        direct.ensure_host(&HostId::parse(&h).unwrap()).unwrap();
         let (s, b) = c.req(
             "PUT",
             &format!("/api/hosts/{h}"),
@@ -193,14 +184,14 @@ fn prepare(addr: &str, prefix: &str, hosts: usize) {
     }
 }
 
-fn http_enqueue(addr: &str, prefix: &str, hosts: usize, clients: usize) -> (f64, Vec<Duration>) {
-    let jobs = jobs(prefix, hosts);
-    let per = jobs.len() / clients;
+/// `work` as executes through HTTP from `clients` keep-alive connections;
+/// the time it took and each request's latency.
+fn http_enqueue(addr: &str, work: &[(String, &str)], clients: usize) -> (Duration, Vec<Duration>) {
+    let per = work.len().div_ceil(clients).max(1);
     let t = Instant::now();
     let lat: Vec<Duration> = std::thread::scope(|s| {
-        let hs: Vec<_> = jobs
-            .chunks(per.max(1))
-            .take(clients)
+        let hs: Vec<_> = work
+            .chunks(per)
             .map(|chunk| {
                 s.spawn(move || {
                     let mut c = Conn::new(addr);
@@ -220,7 +211,71 @@ fn http_enqueue(addr: &str, prefix: &str, hosts: usize, clients: usize) -> (f64,
             .collect();
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
-    (lat.len() as f64 / t.elapsed().as_secs_f64(), lat)
+    (t.elapsed(), lat)
+}
+
+/// One comparison: the same (host, action) runs enqueued by the spool in
+/// this process (into a spool of its own) and through HTTP, at the same
+/// concurrency, in alternating rounds (spool first in even rounds, HTTP
+/// first in odd ones) so that a slow spell of the machine hits both sides.
+struct Compared {
+    spool_rate: f64,
+    http_rate: f64,
+    lat: Vec<Duration>,
+    spool_cpu: Duration,
+    http_cpu: Duration,
+}
+
+fn compare(sp: &LocalSpool, server: &Server, prefix: &str, hosts: usize, conc: usize) -> Compared {
+    const ROUNDS: usize = 6;
+    let jobs = jobs(prefix, hosts);
+    let direct: Vec<(HostId, &str)> = jobs
+        .iter()
+        .map(|(h, a)| (HostId::parse(h).unwrap(), *a))
+        .collect();
+    let per = jobs.len().div_ceil(ROUNDS);
+    let (me, pid) = (std::process::id(), server.child.id());
+    let (mut st, mut ht) = (Duration::ZERO, Duration::ZERO);
+    let (mut sc, mut hc) = (Duration::ZERO, Duration::ZERO);
+    let mut lat = Vec::new();
+    for (r, (d, h)) in direct.chunks(per).zip(jobs.chunks(per)).enumerate() {
+        for spool_side in if r % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            if spool_side {
+                let c = cpu_time(me);
+                st += spool_enqueue(sp, d, conc);
+                sc += cpu_time(me) - c;
+            } else {
+                let c = cpu_time(pid);
+                let (t, l) = http_enqueue(&server.addr, h, conc);
+                hc += cpu_time(pid) - c;
+                ht += t;
+                lat.extend(l);
+            }
+        }
+    }
+    let n = jobs.len() as f64;
+    Compared {
+        spool_rate: n / st.as_secs_f64(),
+        http_rate: n / ht.as_secs_f64(),
+        lat,
+        spool_cpu: sc / jobs.len() as u32,
+        http_cpu: hc / jobs.len() as u32,
+    }
+}
+
+/// CPU time (user + system) the process `pid` has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (which is in parentheses).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let hz = 100; // USER_HZ on Linux
+    Duration::from_millis(ticks * 1000 / hz)
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -253,32 +308,41 @@ fn main() {
     let start_p50 = pct(&mut starts, 0.5);
 
     let hosts1 = if quick { 10 } else { 100 };
-    let hosts32 = if quick { 40 } else { 400 };
+    let hosts32 = if quick { 40 } else { 800 };
     let d = base.join("enqueue");
     std::fs::create_dir_all(&d).unwrap();
     let (srv, _) = start(&d);
-    prepare(&srv.addr, "one", hosts1);
-    prepare(&srv.addr, "many", hosts32);
-    let direct1 = spool_enqueue(&base, "one", hosts1, 1);
-    let (http1, mut lat1) = http_enqueue(&srv.addr, "one", hosts1, 1);
-    let direct32 = spool_enqueue(&base.join("d32"), "many", hosts32, 32);
-    let (http32, mut lat32) = http_enqueue(&srv.addr, "many", hosts32, 32);
-    println!("| durable enqueue | runs/s | ratio | p50 | p99 |");
-    println!("|---|---|---|---|---|");
-    println!("| spool in-process, 1 writer | {direct1:.0} | 1.00 (baseline) | | |");
-    println!(
-        "| HTTP execute, 1 client | {http1:.0} | {:.2}x spool (target >= 0.70) | {:?} | {:?} |",
-        http1 / direct1,
-        pct(&mut lat1, 0.5),
-        pct(&mut lat1, 0.99)
-    );
-    println!("| spool in-process, 32 writers | {direct32:.0} | 1.00 (baseline) | | |");
-    println!(
-        "| HTTP execute, 32 clients | {http32:.0} | {:.2}x spool (target >= 0.70) | {:?} | {:?} |",
-        http32 / direct32,
-        pct(&mut lat32, 0.5),
-        pct(&mut lat32, 0.99)
-    );
+    let direct = LocalSpool::open(d.join("spool-direct")).unwrap();
+    prepare(&srv.addr, &direct, "one", hosts1);
+    prepare(&srv.addr, &direct, "many", hosts32);
+    // A server that has run for a while has its index built: the queue
+    // snapshot builds it now, as the baseline's spool has its hosts ready.
+    let (s, b) = Conn::new(&srv.addr).req("GET", "/api/ops/remediate-queue", "");
+    assert_eq!(s, 200, "{b}");
+    let one = compare(&direct, &srv, "one", hosts1, 1);
+    let many = compare(&direct, &srv, "many", hosts32, 32);
+    println!("| durable enqueue | runs/s | ratio | p50 | p99 | CPU per run |");
+    println!("|---|---|---|---|---|---|");
+    for (c, n) in [(one, 1), (many, 32)] {
+        let Compared {
+            spool_rate,
+            http_rate,
+            mut lat,
+            spool_cpu,
+            http_cpu,
+        } = c;
+        let who = if n == 1 { "1 writer" } else { "32 writers" };
+        let clients = if n == 1 { "1 client" } else { "32 clients" };
+        println!(
+            "| spool in-process, {who} | {spool_rate:.0} | 1.00 (baseline) | | | {spool_cpu:?} |"
+        );
+        println!(
+            "| HTTP execute, {clients} | {http_rate:.0} | {:.2}x spool (target >= 0.70) | {:?} | {:?} | {http_cpu:?} |",
+            http_rate / spool_rate,
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99)
+        );
+    }
     println!(
         "\nserver start to first /healthz answer: median {start_p50:?} of {} starts (target <= 50 ms)",
         starts.len()
