@@ -224,6 +224,10 @@ pub(crate) struct Index {
     /// Hosts whose state directories are watched (and were scanned after).
     watched: std::collections::HashSet<HostId>,
     scanned: bool,
+    /// Runs this process is renaming into a state directory right now: it
+    /// enters them itself when the rename is done, so their inotify events
+    /// need no read of the file.
+    pub publishing: std::collections::HashSet<RunId>,
 }
 
 const STATE_DIRS: [Dir; 6] = [
@@ -251,6 +255,7 @@ impl Index {
             hosts: HashMap::new(),
             watched: std::collections::HashSet::new(),
             scanned: false,
+            publishing: std::collections::HashSet::new(),
         }
     }
 
@@ -389,6 +394,9 @@ impl Index {
                         let Ok(id) = RunId::parse(&String::from_utf8_lossy(name.as_bytes())) else {
                             continue;
                         };
+                        if self.publishing.contains(&id) {
+                            continue;
+                        }
                         let path = self
                             .runs_dir
                             .join(host.as_str())

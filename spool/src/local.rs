@@ -883,14 +883,20 @@ impl LocalSpool {
             .create_new(&tmp, &codec::encode(&ev))
             .map_err(|e| SpoolError::io("create", &tmp, e))?;
         let dest = self.file_path(&host, target, &id);
+        // This process enters the run into its index itself: an index sync
+        // meanwhile need not stop to read the file for the rename's inotify
+        // event.
+        lock(&self.inner.index).publishing.insert(id.clone());
         if let Err(e) = self.inner.io.rename_noreplace(&tmp, &dest) {
+            lock(&self.inner.index).publishing.remove(&id);
             let _ = std::fs::remove_file(&tmp);
             return Err(SpoolError::io("rename", &dest, e));
         }
-        // Into the index as soon as it is in the directory (where others can
-        // see it already), so that nobody's index sync meanwhile stops to
-        // read the file for the inotify event of its rename.
-        lock(&self.inner.index).upsert(&host, id.clone(), Meta::of(&record, target));
+        {
+            let mut idx = lock(&self.inner.index);
+            idx.publishing.remove(&id);
+            idx.upsert(&host, id.clone(), Meta::of(&record, target));
+        }
         if let Err(e) = self.sync_dir(&self.dir_path(&host, target)) {
             self.unpublish(file, &host, target, &id, &tmp);
             return Err(e);
