@@ -334,6 +334,35 @@ fn bare_true(n: usize, durable_writes: usize, dir: &Path) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// The runner alone, as the daemon calls it for each command (spawn in a
+/// process group, both pipes captured, reaped, the group killed after),
+/// on a runtime like the daemon's: no spool, no claim.
+fn runner_alone(n: usize) -> f64 {
+    use remediate_executor::runner::{CommandSpec, RunnerConfig, run_command};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let argv = vec!["/usr/bin/true".to_string()];
+    let cfg = RunnerConfig::default();
+    rt.block_on(async {
+        let t = Instant::now();
+        for _ in 0..n {
+            let spec = CommandSpec {
+                phase: remediate_spool::Phase::Command,
+                argv: &argv,
+                sudo: false,
+                run_id: "r0",
+                attempt: 1,
+            };
+            let ex = run_command(&spec, &cfg, None).await;
+            assert_eq!(ex.output.exit_code, Some(0));
+        }
+        n as f64 / t.elapsed().as_secs_f64()
+    })
+}
+
 /// (idle RSS, RSS with `n` queued, peak with `n` queued), KiB.
 fn memory(n: usize) -> (u64, u64, u64) {
     let env = Env::new();
@@ -388,6 +417,7 @@ fn main() {
     // A run needs at least: attempt started (fdatasync), attempt finished
     // (fdatasync), and the directory fsync of its move to done/.
     let bare_durable = bare_true(thr_n, 3, scratch.path());
+    let runner = runner_alone(thr_n);
     let t1 = throughput(thr_n, 1, 1);
     let tn = throughput(thr_n, PARALLEL_ACTIONS, PARALLEL_ACTIONS);
     let mut sleeper = Command::new("/usr/bin/sleep")
@@ -422,6 +452,10 @@ fn main() {
     println!(
         "| same, vs the loop plus 3 fdatasyncs per run | {t1:.0} runs/s | {bare_durable:.0}/s | {:.2}x | - |",
         t1 / bare_durable
+    );
+    println!(
+        "| the command runner alone (no spool), /usr/bin/true | {runner:.0} runs/s | {bare:.0}/s bare loop | {:.2}x | - |",
+        runner / bare
     );
     println!(
         "| throughput, concurrency {PARALLEL_ACTIONS}, {PARALLEL_ACTIONS} actions | {tn:.0} runs/s | {bare:.0}/s bare loop | {:.2}x | >= 0.7x |",
