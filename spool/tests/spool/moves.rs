@@ -792,3 +792,64 @@ fn racing_checked_enqueues_of_one_action_create_one_run() {
     assert_eq!(created, 1);
     assert_eq!(ts.files(&h, Dir::Queued).len(), 1);
 }
+
+/// An outcome is committed by its fdatasync'd line; a crash between the
+/// rename that follows and the fsync of the target directory can lose the
+/// rename (the file is back in `running/`, unlocked, its log finished).
+/// Recovery must then move it where the log says and start nothing.
+#[test]
+fn an_outcome_whose_rename_was_lost_is_moved_on_by_recovery() {
+    let mut ts = TempSpool::new();
+    let h = host("h");
+    let mut idem = run(&h, "retry-me");
+    idem.idempotent = true;
+    let done = ts
+        .spool
+        .enqueue_blocking(run(&h, "ok"))
+        .unwrap()
+        .record
+        .run_id;
+    let again = ts.spool.enqueue_blocking(idem).unwrap().record.run_id;
+    for (id, action) in [(&done, "ok"), (&again, "retry-me")] {
+        let c = ts.spool.claim_next_blocking(&h, &|a| a != action).unwrap();
+        assert_eq!(c.map(|r| r.run_id).as_ref(), Some(id));
+        ts.spool.start_attempt_blocking(id).unwrap();
+    }
+    ts.spool.complete_blocking(&done, ok_result()).unwrap();
+    let later = ts.spool.now() + chrono::Duration::seconds(60);
+    ts.spool
+        .retry_at_blocking(&again, later, fail_result())
+        .unwrap();
+    // The crash: both renames never reached the disk.
+    let runs = ts.spool.root().join("runs").join("h");
+    for (id, from) in [(&done, "done"), (&again, "queued")] {
+        std::fs::rename(
+            runs.join(from).join(id.as_str()),
+            runs.join("running").join(id.as_str()),
+        )
+        .unwrap();
+    }
+    ts.reopen();
+    let rep = ts.spool.recover_blocking().unwrap();
+    assert!(
+        rep.interrupted_retried.is_empty() && rep.interrupted_dead_lettered.is_empty(),
+        "{rep:?}"
+    );
+    assert_eq!(ts.files(&h, Dir::Done), vec![done.to_string()]);
+    assert_eq!(ts.files(&h, Dir::Queued), vec![again.to_string()]);
+    assert!(ts.files(&h, Dir::Running).is_empty());
+    let d = ts.spool.get_blocking(&done).unwrap().unwrap();
+    assert_eq!((d.state, d.attempts), (RunState::Succeeded, 1));
+    let a = ts.spool.get_blocking(&again).unwrap().unwrap();
+    assert_eq!(
+        (a.state, a.attempts, a.next_attempt_at),
+        (RunState::Queued, 1, Some(later))
+    );
+    // Nothing is due before its time: the retry waits.
+    assert!(
+        ts.spool
+            .claim_next_blocking(&h, &|_| false)
+            .unwrap()
+            .is_none()
+    );
+}
