@@ -309,6 +309,46 @@ fn values_layer(values: &Values, key: &str) -> Option<Layer> {
     values.entries.get(index).map(|(_, l)| *l)
 }
 
+/// Effective policies by stored host document, for a process that needs one
+/// for every request or run: building one runs the knob layers and compiles
+/// the guard's patterns, so it is built once per distinct document. Keyed by
+/// the document's JSON text (a changed document is a new key); emptied when
+/// it holds [`EffectiveCache::MAX`] documents. One cache serves one
+/// [`Loaded`].
+#[derive(Debug, Default)]
+pub struct EffectiveCache(
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Effective>>>,
+);
+
+impl EffectiveCache {
+    pub const MAX: usize = 1024;
+
+    /// The effective policy of a host whose stored document is `stored`
+    /// (`None`: no document, the defaults), validated.
+    pub fn get(
+        &self,
+        loaded: &Loaded,
+        stored: Option<&serde_json::Value>,
+    ) -> Result<std::sync::Arc<Effective>, ConfigErrors> {
+        let key = stored.map(|v| v.to_string()).unwrap_or_default();
+        let lock = || self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = lock().get(&key) {
+            return Ok(e.clone());
+        }
+        let doc = match stored {
+            Some(v) => HostPolicyDoc::from_json(v)?,
+            None => HostPolicyDoc::default(),
+        };
+        let eff = std::sync::Arc::new(effective_policy(loaded, &doc)?);
+        let mut cache = lock();
+        if cache.len() >= Self::MAX {
+            cache.clear();
+        }
+        cache.insert(key, eff.clone());
+        Ok(eff)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,5 +434,43 @@ mod tests {
         let errs = effective_policy(&loaded, &doc).expect_err("max 600 < base 900");
         let text = errs.to_string();
         assert!(text.starts_with("remediationPolicyOverrides.retryBackoffSeconds=900: out of range; allowed: an integer in 1..=600"), "{text}");
+    }
+
+    #[test]
+    fn the_cache_builds_once_per_document_and_follows_changes() {
+        let loaded = Loaded::defaults();
+        let cache = EffectiveCache::default();
+        let a = json!({"remediationPolicyOverrides": {"maxRetryAttempts": 5}});
+        let first = cache.get(&loaded, Some(&a)).expect("valid");
+        assert_eq!(first.policy.max_retry_attempts, 5);
+        let again = cache.get(&loaded, Some(&a)).expect("valid");
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "built once");
+        let b = json!({"remediationPolicyOverrides": {"maxRetryAttempts": 2}});
+        assert_eq!(
+            cache
+                .get(&loaded, Some(&b))
+                .expect("valid")
+                .policy
+                .max_retry_attempts,
+            2
+        );
+        let none = cache.get(&loaded, None).expect("defaults");
+        assert_eq!(
+            none.policy.max_retry_attempts,
+            loaded_default_attempts(&loaded)
+        );
+        let bad = json!({"remediationPolicyProfile": "turbo"});
+        assert!(cache.get(&loaded, Some(&bad)).is_err());
+        assert!(
+            cache.get(&loaded, Some(&bad)).is_err(),
+            "errors are not cached as policies"
+        );
+    }
+
+    fn loaded_default_attempts(loaded: &Loaded) -> u32 {
+        effective_policy(loaded, &HostPolicyDoc::default())
+            .expect("defaults")
+            .policy
+            .max_retry_attempts
     }
 }

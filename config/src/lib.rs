@@ -34,7 +34,7 @@ pub use decide::{
     ExecuteGateInput, GateInput, SkipReason, approval_required, autonomous_gate, canary_bucket,
     canary_percent, canary_selected, execute_gate, retry_allowed, retry_delay,
 };
-pub use effective::{Effective, ExplainEntry, HostPolicyDoc, effective_policy};
+pub use effective::{Effective, EffectiveCache, ExplainEntry, HostPolicyDoc, effective_policy};
 pub use error::{CatalogError, ConfigError, ConfigErrors, ConfigWarning, Problem};
 pub use guard::{CommandKind, GuardIssue};
 pub use loader::{DEFAULT_CONFIG_FILE, Loaded, Loader};

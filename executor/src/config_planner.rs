@@ -1,12 +1,13 @@
 //! The [`Planner`] of production: the loaded settings, the action catalog and
 //! each host's policy document in the spool (`hosts/<hostId>.json`), read
-//! again for every run so that a policy change applies to the next run.
+//! again for every run so that a policy change applies to the next run (the
+//! effective policy is built once per distinct document).
 
 use std::time::Duration;
 
-use remediate_config::{
-    Catalog, HostPolicyDoc, Loaded, RenderContext, effective_policy, guard, retry_delay,
-};
+use std::sync::Arc;
+
+use remediate_config::{Catalog, EffectiveCache, Loaded, RenderContext, guard, retry_delay};
 use remediate_spool::{HostId, LocalSpool, RunRecord};
 
 use crate::error::{ExecError, Result};
@@ -21,19 +22,28 @@ pub struct ConfigPlanner {
     pub spool: LocalSpool,
     /// Between SIGTERM and SIGKILL when a command times out.
     pub kill_grace: Duration,
+    pub effective: EffectiveCache,
 }
 
 impl ConfigPlanner {
-    fn effective(&self, host: &HostId) -> Result<remediate_config::Effective> {
-        let bad = |reason: String| ExecError::HostPolicy {
-            host_id: host.to_string(),
-            reason,
-        };
-        let doc = match self.spool.get_host_doc_blocking(host)? {
-            Some(v) => HostPolicyDoc::from_json(&v).map_err(|e| bad(e.to_string()))?,
-            None => HostPolicyDoc::default(),
-        };
-        effective_policy(&self.loaded, &doc).map_err(|e| bad(e.to_string()))
+    pub fn new(loaded: Loaded, catalog: Catalog, spool: LocalSpool, kill_grace: Duration) -> Self {
+        ConfigPlanner {
+            loaded,
+            catalog,
+            spool,
+            kill_grace,
+            effective: EffectiveCache::default(),
+        }
+    }
+
+    fn effective(&self, host: &HostId) -> Result<Arc<remediate_config::Effective>> {
+        let doc = self.spool.get_host_doc_blocking(host)?;
+        self.effective
+            .get(&self.loaded, doc.as_ref())
+            .map_err(|e| ExecError::HostPolicy {
+                host_id: host.to_string(),
+                reason: e.to_string(),
+            })
     }
 }
 

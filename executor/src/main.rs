@@ -225,12 +225,12 @@ fn deps(s: &Setup) -> anyhow::Result<(Deps, Option<notify::Sender>)> {
         .catalog
         .load()
         .map_err(|e| UsageError(format!("catalog: {e}")))?;
-    let planner = ConfigPlanner {
-        loaded: s.loaded.clone(),
+    let planner = ConfigPlanner::new(
+        s.loaded.clone(),
         catalog,
-        spool: s.spool.clone(),
-        kill_grace: Duration::from_secs(5),
-    };
+        s.spool.clone(),
+        Duration::from_secs(5),
+    );
     let days = |d: u32| Duration::from_secs(u64::from(d) * 86_400);
     let ex = &settings.executor;
     let w = &settings.worker;
@@ -338,12 +338,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             if root.exists() {
                 let spool = LocalSpool::open(&root)
                     .with_context(|| format!("opening the spool at {}", root.display()))?;
-                let planner = ConfigPlanner {
-                    loaded: loaded.clone(),
-                    catalog,
-                    spool,
-                    kill_grace: Duration::from_secs(5),
-                };
+                let planner =
+                    ConfigPlanner::new(loaded.clone(), catalog, spool, Duration::from_secs(5));
                 use remediate_executor::Planner;
                 planner
                     .host_enabled(&host)

@@ -54,14 +54,8 @@ pub struct AppState {
     /// Effective policies by stored host document: computing one runs the
     /// figment layers and compiles the guard's patterns, so it is done once
     /// per distinct document, not per request.
-    pub effective_cache: EffectiveCache,
+    pub effective_cache: remediate_config::EffectiveCache,
 }
-
-/// See [`AppState::effective_cache`].
-#[derive(Debug, Default)]
-pub struct EffectiveCache(
-    std::sync::Mutex<std::collections::HashMap<String, Arc<remediate_config::Effective>>>,
-);
 
 impl AppState {
     /// The effective policy for a stored host document (validated).
@@ -69,28 +63,7 @@ impl AppState {
         &self,
         stored: &serde_json::Value,
     ) -> Result<Arc<remediate_config::Effective>, remediate_config::ConfigErrors> {
-        let key = stored.to_string();
-        if let Some(e) = self
-            .effective_cache
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(e.clone());
-        }
-        let doc = remediate_config::HostPolicyDoc::from_json(stored)?;
-        let eff = Arc::new(remediate_config::effective_policy(&self.loaded, &doc)?);
-        let mut cache = self
-            .effective_cache
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= 1024 {
-            cache.clear();
-        }
-        cache.insert(key, eff.clone());
-        Ok(eff)
+        self.effective_cache.get(&self.loaded, Some(stored))
     }
 }
 
