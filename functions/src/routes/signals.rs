@@ -13,19 +13,19 @@
 //! as `autoReason` and the tier as `autoTier`; approval, canary and rollback
 //! are set as for an operator's execute.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use remediate_config::{
     Action, GateInput, HostPolicyDoc, RenderContext, SkipReason, approval_required,
     autonomous_gate, canary_bucket, canary_percent, canary_selected, effective_policy,
 };
-use remediate_spool::{Bucket, HostId, IdemKey, ListQuery, NewRun, RunRecord, RunState};
+use remediate_spool::{Checked, EnqueueCheck, GateFacts, HostId, IdemKey, NewRun, Refusal};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -125,86 +125,6 @@ fn validate(r: &SignalReport) -> ApiResult<()> {
     Ok(())
 }
 
-/// What the store says about the host when the report arrives; updated as
-/// this request queues runs, so later signals see earlier ones.
-struct Counts {
-    host_backlog: u32,
-    global_backlog: u32,
-    active: BTreeSet<String>,
-    auto_last_hour: u32,
-    /// Latest request (operator execute or auto-queue) of each action.
-    last_start: BTreeMap<String, DateTime<Utc>>,
-    queued_this_cycle: u32,
-}
-
-fn is_active(r: &RunRecord) -> bool {
-    matches!(
-        r.state,
-        RunState::Queued | RunState::Held | RunState::Running
-    )
-}
-
-async fn counts(
-    st: &SharedState,
-    host: &HostId,
-    now: DateTime<Utc>,
-    cooldown: std::time::Duration,
-) -> ApiResult<Counts> {
-    // Active runs of the host, and every run requested within the hour or
-    // the cooldown (from the spool's index, whatever state they are in now:
-    // the hourly count must see auto-queued runs that already finished).
-    let hour = chrono::Duration::hours(1);
-    let window = now
-        - chrono::Duration::from_std(cooldown)
-            .unwrap_or(hour)
-            .max(hour);
-    let active_q = ListQuery {
-        host: Some(host.clone()),
-        buckets: vec![
-            Bucket::Queued,
-            Bucket::RetryScheduled,
-            Bucket::Held,
-            Bucket::Running,
-        ],
-        limit: 100_000,
-    };
-    let (runs, recent, all) = tokio::try_join!(
-        st.store.list(active_q),
-        st.store.recent_requests(host, window),
-        st.store.counts(None),
-    )?;
-    let hour_ago = now - hour;
-    let mut c = Counts {
-        host_backlog: 0,
-        global_backlog: 0,
-        active: BTreeSet::new(),
-        auto_last_hour: 0,
-        last_start: BTreeMap::new(),
-        queued_this_cycle: 0,
-    };
-    for r in runs.iter().filter(|r| is_active(r)) {
-        c.active.insert(r.action_key.clone());
-        if r.state != RunState::Running {
-            c.host_backlog += 1;
-        }
-    }
-    for r in &recent {
-        if r.auto_queued && r.requested_at > hour_ago {
-            c.auto_last_hour += 1;
-        }
-        // Any run of the action, an operator's or the planner's, starts
-        // its cooldown when it is requested.
-        let e = c
-            .last_start
-            .entry(r.action_key.clone())
-            .or_insert(r.requested_at);
-        *e = (*e).max(r.requested_at);
-    }
-    c.global_backlog =
-        u32::try_from(all.queued + all.retry_scheduled + all.held).unwrap_or(u32::MAX);
-    Ok(c)
-}
-
 fn word<T: serde::Serialize>(v: T) -> String {
     serde_json::to_value(v)
         .ok()
@@ -278,11 +198,20 @@ pub async fn report(
     }
     let p = &eff.policy;
     let now = Utc::now();
-    let mut c = counts(&st, &host, now, p.execute_cooldown()).await?;
+    // Every run requested within the hour or the cooldown counts (from the
+    // spool's index, whatever state they are in now: the hourly count must
+    // see auto-queued runs that already finished).
+    let hour = chrono::Duration::hours(1);
+    let hour_ago = now - hour;
+    let window = now
+        - chrono::Duration::from_std(p.execute_cooldown())
+            .unwrap_or(hour)
+            .max(hour);
     let ttl = chrono::Duration::from_std(p.queue_ttl()).unwrap_or(chrono::Duration::hours(2));
     let mut results = Vec::with_capacity(req.signals.len());
     let mut queued_ids = Vec::new();
     let mut ready = 0u32;
+    let mut queued_this_cycle = 0u32;
     for s in &req.signals {
         let Some(a) = st.catalog.for_trigger(&s.code) else {
             results.push(json!({
@@ -298,24 +227,6 @@ pub async fn report(
             continue;
         };
         let guard = guard_issues(a, &eff.guard);
-        let since_last_execute = c
-            .last_start
-            .get(&a.id)
-            .map(|at| (now - *at).to_std().unwrap_or(Duration::ZERO));
-        let gate = GateInput {
-            policy: p,
-            host_id: host.as_str(),
-            action_id: &a.id,
-            tier: a.tier,
-            has_canary_checks: !a.canary_checks.is_empty(),
-            queued_this_cycle: c.queued_this_cycle,
-            queued_last_hour: c.auto_last_hour,
-            host_backlog: c.host_backlog,
-            global_backlog: c.global_backlog,
-            since_last_execute,
-            active_run: c.active.contains(&a.id),
-            guard_blocked: guard.is_err(),
-        };
         let base = json!({
             "code": s.code,
             "detail": s.detail,
@@ -323,28 +234,6 @@ pub async fn report(
             "risk": a.risk,
             "tier": a.tier,
         });
-        let params = match (autonomous_gate(&gate), guard) {
-            (Err(reason), guard) => {
-                let mut sk = skip(&reason);
-                if let (SkipReason::GuardBlocked, Err(Value::Object(issues)), Value::Object(m)) =
-                    (&reason, guard, &mut sk)
-                {
-                    m.extend(issues);
-                }
-                results.push(merge(base, json!({ "queued": false, "skip": sk })));
-                continue;
-            }
-            (Ok(()), Ok(params)) => params,
-            // The gate refuses a guard-blocked action, so this is unreachable;
-            // refuse it all the same.
-            (Ok(()), Err(_)) => {
-                results.push(merge(
-                    base,
-                    json!({ "queued": false, "skip": skip(&SkipReason::GuardBlocked) }),
-                ));
-                continue;
-            }
-        };
         let needs_approval = approval_required(a.risk, a.tier, p.approval_risk_threshold);
         let key = req
             .cycle_id
@@ -353,7 +242,9 @@ pub async fn report(
         let new = NewRun {
             host_id: host.clone(),
             action_key: a.id.clone(),
-            params,
+            // A guard-blocked action is refused by the gate below and never
+            // queued.
+            params: guard.clone().unwrap_or_default(),
             requested_by: who.name.clone(),
             idempotency_key: key,
             max_attempts: p.max_retry_attempts,
@@ -378,17 +269,66 @@ pub async fn report(
             risk: Some(word(a.risk)),
             tier: Some(word(a.tier)),
         };
-        let enq = st.store.enqueue(new).await?;
-        c.queued_this_cycle += 1;
-        c.active.insert(a.id.clone());
+        // The gates and the enqueue are one store step (see the execute
+        // route): the facts are read again for each signal, so later
+        // signals see the runs earlier ones queued.
+        let (policy, host_id, action_id) = (p.clone(), host.to_string(), a.id.clone());
+        let (tier, has_canary_checks) = (a.tier, !a.canary_checks.is_empty());
+        let guard_blocked = guard.is_err();
+        let cycle = queued_this_cycle;
+        let check: EnqueueCheck = Box::new(move |f: &GateFacts| {
+            let queued_last_hour = f
+                .recent
+                .iter()
+                .filter(|r| r.auto_queued && r.requested_at > hour_ago)
+                .count() as u32;
+            // Any run of the action, an operator's or the planner's, starts
+            // its cooldown when it is requested.
+            let since_last_execute = f
+                .recent
+                .iter()
+                .filter(|r| r.action_key == action_id)
+                .map(|r| r.requested_at)
+                .max()
+                .map(|at| (now - at).to_std().unwrap_or(Duration::ZERO));
+            let gate = GateInput {
+                policy: &policy,
+                host_id: &host_id,
+                action_id: &action_id,
+                tier,
+                has_canary_checks,
+                queued_this_cycle: cycle,
+                queued_last_hour,
+                host_backlog: u32::try_from(f.host_backlog).unwrap_or(u32::MAX),
+                global_backlog: u32::try_from(f.global_backlog).unwrap_or(u32::MAX),
+                since_last_execute,
+                active_run: f.active_run.is_some(),
+                guard_blocked,
+            };
+            autonomous_gate(&gate).map_err(|reason| Box::new(reason) as Refusal)
+        });
+        let enq = match st.store.enqueue_checked(new, window, check).await? {
+            Checked::Enqueued(enq) => enq,
+            Checked::Refused(r) => {
+                let reason = match r.downcast::<SkipReason>() {
+                    Ok(reason) => *reason,
+                    Err(_) => return Err(ApiError::internal()),
+                };
+                let mut sk = skip(&reason);
+                if let (SkipReason::GuardBlocked, Err(Value::Object(issues)), Value::Object(m)) =
+                    (&reason, guard, &mut sk)
+                {
+                    m.extend(issues);
+                }
+                results.push(merge(base, json!({ "queued": false, "skip": sk })));
+                continue;
+            }
+        };
+        queued_this_cycle += 1;
         if enq.created {
             st.metrics
                 .enqueues
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            c.host_backlog += 1;
-            c.global_backlog = c.global_backlog.saturating_add(1);
-            c.auto_last_hour += 1;
-            c.last_start.insert(a.id.clone(), now);
             if !needs_approval {
                 ready += 1;
             }

@@ -433,3 +433,31 @@ async fn auth_host_limits_and_bad_input() {
         "only host-b's run was queued"
     );
 }
+
+/// Reports of one host sent at the same moment: the gates and the enqueue
+/// are one step, so the action is queued once and every other report is
+/// refused because of that run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn simultaneous_reports_queue_an_action_once() {
+    let api = Api::new();
+    autonomous(&api, "host-a", json!({})).await;
+    let one = || signals(&api, "host-a", &["demo_disk"]);
+    let (a, b, c, d, e, f) = tokio::join!(one(), one(), one(), one(), one(), one());
+    let got: Vec<String> = [a, b, c, d, e, f]
+        .iter()
+        .map(|(s, v)| {
+            assert_eq!(*s, StatusCode::OK, "{v}");
+            outcomes(v).remove(0)
+        })
+        .collect();
+    // The others meet the first one's run: its cooldown (checked first)
+    // or its being active.
+    assert_eq!(got.iter().filter(|o| *o == "queued").count(), 1, "{got:?}");
+    assert!(
+        got.iter()
+            .all(|o| ["queued", "cooldown_active", "already_active"].contains(&o.as_str())),
+        "{got:?}"
+    );
+    let h = HostId::parse("host-a").unwrap();
+    assert_eq!(api.spool.counts_blocking(Some(&h)).unwrap().queued, 1);
+}
