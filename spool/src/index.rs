@@ -58,6 +58,17 @@ impl Bucket {
         Bucket::Corrupt,
     ];
 
+    /// Runs waiting to run: the backlog the execute gates limit.
+    pub const WAITING: [Bucket; 3] = [Bucket::Queued, Bucket::RetryScheduled, Bucket::Held];
+
+    /// Runs not finished yet: waiting or running.
+    pub const ACTIVE: [Bucket; 4] = [
+        Bucket::Queued,
+        Bucket::RetryScheduled,
+        Bucket::Held,
+        Bucket::Running,
+    ];
+
     fn idx(self) -> usize {
         self as usize
     }
@@ -161,15 +172,10 @@ impl HostIndex {
     /// The runs not yet finished (queued, retry scheduled, held, running),
     /// with their actions (empty for a file not read yet).
     pub fn active(&self) -> impl Iterator<Item = (&RunId, &Meta)> {
-        [
-            Bucket::Queued,
-            Bucket::RetryScheduled,
-            Bucket::Held,
-            Bucket::Running,
-        ]
-        .into_iter()
-        .flat_map(|b| self.buckets[b.idx()].iter())
-        .filter_map(|(_, id)| self.entries.get(id).map(|m| (id, m)))
+        Bucket::ACTIVE
+            .into_iter()
+            .flat_map(|b| self.buckets[b.idx()].iter())
+            .filter_map(|(_, id)| self.entries.get(id).map(|m| (id, m)))
     }
 
     /// Up to `n` queued runs due at or before `now_ms`, earliest first.

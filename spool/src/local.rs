@@ -715,11 +715,7 @@ impl LocalSpool {
             facts.global_backlog = idx
                 .hosts
                 .values()
-                .map(|hi| {
-                    hi.count(Bucket::Queued)
-                        + hi.count(Bucket::RetryScheduled)
-                        + hi.count(Bucket::Held)
-                })
+                .flat_map(|hi| Bucket::WAITING.map(|b| hi.count(b)))
                 .sum();
             facts.recent = recent_in(&idx, host, since);
         }

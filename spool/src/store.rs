@@ -31,6 +31,39 @@ pub struct GateFacts {
     pub activity: HostActivity,
 }
 
+impl GateFacts {
+    /// Since when the gates need the host's requests: the last hour (the
+    /// hourly limits) or the cooldown, whichever reaches back further.
+    pub fn window(now: Timestamp, cooldown: std::time::Duration) -> Timestamp {
+        let hour = chrono::Duration::hours(1);
+        now - chrono::Duration::from_std(cooldown)
+            .unwrap_or(hour)
+            .max(hour)
+    }
+
+    /// How many of the recent requests came after `after`, counting those
+    /// of the autonomous planner (`auto`) or those of people.
+    pub fn requests_after(&self, after: Timestamp, auto: bool) -> u32 {
+        let n = self
+            .recent
+            .iter()
+            .filter(|r| r.auto_queued == auto && r.requested_at > after)
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// How long before `now` the latest recent run of `action` was
+    /// requested, whoever asked (the cooldown counts from it).
+    pub fn since_last_request(&self, action: &str, now: Timestamp) -> Option<std::time::Duration> {
+        self.recent
+            .iter()
+            .filter(|r| r.action_key == action)
+            .map(|r| r.requested_at)
+            .max()
+            .map(|at| (now - at).to_std().unwrap_or(std::time::Duration::ZERO))
+    }
+}
+
 /// Why a check refused an execute: whatever the caller's check returned,
 /// handed back untouched (the store does not interpret it).
 pub type Refusal = Box<dyn std::any::Any + Send>;
@@ -76,12 +109,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         let host = new.host_id.clone();
         let active_query = ListQuery {
             host: Some(host.clone()),
-            buckets: vec![
-                Bucket::Queued,
-                Bucket::RetryScheduled,
-                Bucket::Held,
-                Bucket::Running,
-            ],
+            buckets: Bucket::ACTIVE.to_vec(),
             limit: 10_000,
         };
         let (active, all, activity, recent) = tokio::try_join!(
@@ -323,5 +351,46 @@ impl Store for LocalSpool {
     async fn prune(&self, retention: Retention) -> Result<PruneReport> {
         let s = self.clone();
         blocking(move || s.prune_blocking(retention)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_facts_count_requests_and_the_cooldown() {
+        let now = chrono::Utc::now();
+        let ago = |m: i64| now - chrono::Duration::minutes(m);
+        let req = |action: &str, at, auto| RecentRequest {
+            action_key: action.into(),
+            requested_at: at,
+            auto_queued: auto,
+        };
+        let f = GateFacts {
+            recent: vec![
+                req("a", ago(5), false),
+                req("a", ago(50), true),
+                req("b", ago(70), false),
+            ],
+            ..GateFacts::default()
+        };
+        assert_eq!(f.requests_after(ago(60), false), 1);
+        assert_eq!(f.requests_after(ago(60), true), 1);
+        assert_eq!(f.requests_after(ago(90), false), 2);
+        assert_eq!(
+            f.since_last_request("a", now),
+            Some(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(f.since_last_request("c", now), None);
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(
+            GateFacts::window(now, std::time::Duration::ZERO),
+            now - chrono::Duration::hours(1)
+        );
+        assert_eq!(
+            GateFacts::window(now, 2 * hour),
+            now - chrono::Duration::hours(2)
+        );
     }
 }

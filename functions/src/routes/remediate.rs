@@ -379,36 +379,22 @@ async fn execute(
     // is published. Executes are the runs people asked for, counted from
     // the store's index; an execute writes nothing but its own run.
     let hour_ago = now - chrono::Duration::hours(1);
-    let cooldown =
-        chrono::Duration::from_std(p.execute_cooldown()).unwrap_or(chrono::Duration::zero());
-    let window = now - cooldown.max(chrono::Duration::hours(1));
+    let window = GateFacts::window(now, p.execute_cooldown());
     let policy = p.clone();
     let action_id = a.id.clone();
     let check: EnqueueCheck = Box::new(move |f: &GateFacts| {
-        let since =
-            |at: chrono::DateTime<chrono::Utc>| (now - at).to_std().unwrap_or(Duration::ZERO);
-        let executes_last_hour = f
-            .recent
-            .iter()
-            .filter(|r| !r.auto_queued && r.requested_at > hour_ago)
-            .count() as u32;
-        // The cooldown counts from the latest run of the action, whoever
-        // asked.
-        let since_last_execute = f
-            .recent
-            .iter()
-            .filter(|r| r.action_key == action_id)
-            .map(|r| r.requested_at)
-            .max()
-            .map(since);
         let gate = ExecuteGateInput {
             policy: &policy,
             active_run: f.active_run.is_some(),
-            executes_last_hour,
-            since_last_execute,
-            host_backlog: f.host_backlog as u32,
-            global_backlog: f.global_backlog as u32,
-            dry_run_age: f.activity.dry_runs.get(&action_id).copied().map(since),
+            executes_last_hour: f.requests_after(hour_ago, false),
+            since_last_execute: f.since_last_request(&action_id, now),
+            host_backlog: u32::try_from(f.host_backlog).unwrap_or(u32::MAX),
+            global_backlog: u32::try_from(f.global_backlog).unwrap_or(u32::MAX),
+            dry_run_age: f
+                .activity
+                .dry_runs
+                .get(&action_id)
+                .map(|at| (now - *at).to_std().unwrap_or(Duration::ZERO)),
         };
         execute_gate(&gate).map_err(|reason| -> Refusal {
             Box::new(Refused {

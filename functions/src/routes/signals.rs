@@ -14,7 +14,6 @@
 //! are set as for an operator's execute.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -201,12 +200,8 @@ pub async fn report(
     // Every run requested within the hour or the cooldown counts (from the
     // spool's index, whatever state they are in now: the hourly count must
     // see auto-queued runs that already finished).
-    let hour = chrono::Duration::hours(1);
-    let hour_ago = now - hour;
-    let window = now
-        - chrono::Duration::from_std(p.execute_cooldown())
-            .unwrap_or(hour)
-            .max(hour);
+    let hour_ago = now - chrono::Duration::hours(1);
+    let window = GateFacts::window(now, p.execute_cooldown());
     let ttl = chrono::Duration::from_std(p.queue_ttl()).unwrap_or(chrono::Duration::hours(2));
     let mut results = Vec::with_capacity(req.signals.len());
     let mut queued_ids = Vec::new();
@@ -277,20 +272,6 @@ pub async fn report(
         let guard_blocked = guard.is_err();
         let cycle = queued_this_cycle;
         let check: EnqueueCheck = Box::new(move |f: &GateFacts| {
-            let queued_last_hour = f
-                .recent
-                .iter()
-                .filter(|r| r.auto_queued && r.requested_at > hour_ago)
-                .count() as u32;
-            // Any run of the action, an operator's or the planner's, starts
-            // its cooldown when it is requested.
-            let since_last_execute = f
-                .recent
-                .iter()
-                .filter(|r| r.action_key == action_id)
-                .map(|r| r.requested_at)
-                .max()
-                .map(|at| (now - at).to_std().unwrap_or(Duration::ZERO));
             let gate = GateInput {
                 policy: &policy,
                 host_id: &host_id,
@@ -298,10 +279,12 @@ pub async fn report(
                 tier,
                 has_canary_checks,
                 queued_this_cycle: cycle,
-                queued_last_hour,
+                queued_last_hour: f.requests_after(hour_ago, true),
                 host_backlog: u32::try_from(f.host_backlog).unwrap_or(u32::MAX),
                 global_backlog: u32::try_from(f.global_backlog).unwrap_or(u32::MAX),
-                since_last_execute,
+                // Any run of the action, an operator's or the planner's,
+                // starts its cooldown when it is requested.
+                since_last_execute: f.since_last_request(&action_id, now),
                 active_run: f.active_run.is_some(),
                 guard_blocked,
             };

@@ -681,13 +681,7 @@ fn a_new_host_is_watched_so_other_processes_moves_are_seen() {
 /// The queued record file of `id`, locked as a recovery pass or an approval
 /// locks it while it reads or commits.
 fn lock_queued(ts: &TempSpool, h: &HostId, id: &RunId) -> std::fs::File {
-    let p = ts
-        .spool
-        .root()
-        .join("runs")
-        .join(h.as_str())
-        .join("queued")
-        .join(id.as_str());
+    let p = ts.spool.host_dir(h, Dir::Queued).join(id.as_str());
     let f = std::fs::OpenOptions::new()
         .read(true)
         .append(true)
@@ -701,18 +695,8 @@ fn lock_queued(ts: &TempSpool, h: &HostId, id: &RunId) -> std::fs::File {
 fn a_claim_waits_for_a_briefly_locked_record_instead_of_overtaking_it() {
     let ts = TempSpool::new();
     let h = host("h");
-    let a = ts
-        .spool
-        .enqueue_blocking(run(&h, "x"))
-        .unwrap()
-        .record
-        .run_id;
-    let b = ts
-        .spool
-        .enqueue_blocking(run(&h, "x"))
-        .unwrap()
-        .record
-        .run_id;
+    let a = ts.enqueue(&h, "x");
+    let b = ts.enqueue(&h, "x");
     let held = lock_queued(&ts, &h, &a);
     let release = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -728,24 +712,9 @@ fn a_claim_waits_for_a_briefly_locked_record_instead_of_overtaking_it() {
 fn a_record_locked_for_long_holds_back_its_action_but_not_others() {
     let ts = TempSpool::new();
     let h = host("h");
-    let a = ts
-        .spool
-        .enqueue_blocking(run(&h, "x"))
-        .unwrap()
-        .record
-        .run_id;
-    let b = ts
-        .spool
-        .enqueue_blocking(run(&h, "x"))
-        .unwrap()
-        .record
-        .run_id;
-    let other = ts
-        .spool
-        .enqueue_blocking(run(&h, "y"))
-        .unwrap()
-        .record
-        .run_id;
+    let a = ts.enqueue(&h, "x");
+    let b = ts.enqueue(&h, "x");
+    let other = ts.enqueue(&h, "y");
     let held = lock_queued(&ts, &h, &a);
     // `b` would overtake `a`: it waits; the other action's run goes.
     let c = ts.spool.claim_next_blocking(&h, &|_| false).unwrap();
@@ -803,12 +772,7 @@ fn an_outcome_whose_rename_was_lost_is_moved_on_by_recovery() {
     let h = host("h");
     let mut idem = run(&h, "retry-me");
     idem.idempotent = true;
-    let done = ts
-        .spool
-        .enqueue_blocking(run(&h, "ok"))
-        .unwrap()
-        .record
-        .run_id;
+    let done = ts.enqueue(&h, "ok");
     let again = ts.spool.enqueue_blocking(idem).unwrap().record.run_id;
     for (id, action) in [(&done, "ok"), (&again, "retry-me")] {
         let c = ts.spool.claim_next_blocking(&h, &|a| a != action).unwrap();
@@ -821,11 +785,10 @@ fn an_outcome_whose_rename_was_lost_is_moved_on_by_recovery() {
         .retry_at_blocking(&again, later, fail_result())
         .unwrap();
     // The crash: both renames never reached the disk.
-    let runs = ts.spool.root().join("runs").join("h");
-    for (id, from) in [(&done, "done"), (&again, "queued")] {
+    for (id, from) in [(&done, Dir::Done), (&again, Dir::Queued)] {
         std::fs::rename(
-            runs.join(from).join(id.as_str()),
-            runs.join("running").join(id.as_str()),
+            ts.spool.host_dir(&h, from).join(id.as_str()),
+            ts.spool.host_dir(&h, Dir::Running).join(id.as_str()),
         )
         .unwrap();
     }

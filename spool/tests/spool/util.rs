@@ -52,6 +52,15 @@ impl TempSpool {
             .collect()
     }
 
+    /// Enqueues a plain run of `action` on `h`; its id.
+    pub fn enqueue(&self, h: &HostId, action: &str) -> RunId {
+        self.spool
+            .enqueue_blocking(run(h, action))
+            .expect("enqueue")
+            .record
+            .run_id
+    }
+
     pub fn advance_secs(&self, s: i64) {
         self.clock.advance(chrono::Duration::seconds(s));
     }

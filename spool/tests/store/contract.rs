@@ -476,6 +476,17 @@ fn one_active() -> EnqueueCheck {
     })
 }
 
+type Seen = std::sync::Arc<std::sync::Mutex<Option<GateFacts>>>;
+
+/// [`one_active`], keeping the facts it was shown in `seen`.
+fn recording(seen: &Seen) -> EnqueueCheck {
+    let keep = seen.clone();
+    Box::new(move |f: &GateFacts| {
+        *keep.lock().unwrap() = Some(f.clone());
+        one_active()(f)
+    })
+}
+
 /// `enqueue_checked` hands the check what the gates need, enqueues only
 /// what it allows, and writes nothing on a refusal.
 pub async fn enqueue_checked_gates(s: &dyn Store) {
@@ -486,17 +497,9 @@ pub async fn enqueue_checked_gates(s: &dyn Store) {
         .await
         .unwrap();
     s.enqueue(held(&other, "flush")).await.unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let keep = seen.clone();
+    let seen = Seen::default();
     let first = s
-        .enqueue_checked(
-            run(&h, "restart"),
-            since,
-            Box::new(move |f: &GateFacts| {
-                *keep.lock().unwrap() = Some(f.clone());
-                Ok(())
-            }),
-        )
+        .enqueue_checked(run(&h, "restart"), since, recording(&seen))
         .await
         .unwrap();
     let Checked::Enqueued(first) = first else {
@@ -513,16 +516,8 @@ pub async fn enqueue_checked_gates(s: &dyn Store) {
     assert!(f.activity.dry_runs.contains_key("restart"));
 
     // A second run of the action meets the first.
-    let keep = seen.clone();
     let again = s
-        .enqueue_checked(
-            run(&h, "restart"),
-            since,
-            Box::new(move |f: &GateFacts| {
-                *keep.lock().unwrap() = Some(f.clone());
-                one_active()(f)
-            }),
-        )
+        .enqueue_checked(run(&h, "restart"), since, recording(&seen))
         .await
         .unwrap();
     let Checked::Refused(why) = again else {
