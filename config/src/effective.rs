@@ -310,8 +310,8 @@ fn values_layer(values: &Values, key: &str) -> Option<Layer> {
 }
 
 /// Effective policies by stored host document, for a process that needs one
-/// for every request or run: building one runs the knob layers and compiles
-/// the guard's patterns, so it is built once per distinct document. Keyed by
+/// for every request or run: parsing the document and merging the knob
+/// layers (a few µs) is done once per distinct document. Keyed by
 /// the document's JSON text (a changed document is a new key); emptied when
 /// it holds [`EffectiveCache::MAX`] documents. One cache serves one
 /// [`Loaded`].

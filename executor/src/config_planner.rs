@@ -3,9 +3,8 @@
 //! again for every run so that a policy change applies to the next run (the
 //! effective policy is built once per distinct document).
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use remediate_config::{Catalog, EffectiveCache, Loaded, RenderContext, guard, retry_delay};
 use remediate_spool::{HostId, LocalSpool, RunRecord};
@@ -22,6 +21,7 @@ pub struct ConfigPlanner {
     pub spool: LocalSpool,
     /// Between SIGTERM and SIGKILL when a command times out.
     pub kill_grace: Duration,
+    /// Effective policies by host document (read again for every run).
     pub effective: EffectiveCache,
 }
 

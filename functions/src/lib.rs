@@ -51,9 +51,8 @@ pub struct AppState {
     /// The webhook for notifications (`http://` only), if configured.
     pub notify_url: Option<String>,
     pub metrics: Metrics,
-    /// Effective policies by stored host document: computing one runs the
-    /// figment layers and compiles the guard's patterns, so it is done once
-    /// per distinct document, not per request.
+    /// Effective policies by stored host document, built once per distinct
+    /// document rather than per request.
     pub effective_cache: remediate_config::EffectiveCache,
 }
 
