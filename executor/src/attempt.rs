@@ -66,6 +66,10 @@ pub struct Ctx {
     pub planner: Arc<dyn Planner>,
     /// Told when a run is dead-lettered or goes back to wait for approval.
     pub notifier: Option<Notifier>,
+    /// Told the moment a run's commands are over (before its outcome is
+    /// recorded), so the daemon can start the next run while this one's
+    /// outcome is made durable.
+    pub commands_over: Option<tokio::sync::mpsc::UnboundedSender<RunId>>,
 }
 
 /// Processes one run this process has claimed. On a spool error the claim
@@ -149,8 +153,16 @@ async fn process(ctx: &Ctx, run: RunRecord, kill: KillSwitch) -> Result<Processe
     };
 
     // Rule 5: durable before anything runs.
-    let started = store.start_attempt(&id).await?;
+    let started = ctx.spool.start_attempt_blocking(&id)?;
     let (result, summary) = execute(&prepared, &id, started.attempts, kill).await;
+    // No command of this run is running any more: the next run of its
+    // action may start while this outcome is written (the two fsyncs then
+    // overlap). A crash before the outcome is durable leaves this attempt
+    // started and unfinished, which recovery settles as interrupted, as it
+    // would a crash just after the command exited.
+    if let Some(tx) = &ctx.commands_over {
+        let _ = tx.send(id.clone());
+    }
 
     let now = ctx.spool.now();
     let retry_delay = chrono::Duration::from_std(prepared.retry_delay)

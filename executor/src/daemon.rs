@@ -77,6 +77,7 @@ impl Deps {
             spool: self.spool.clone(),
             planner: self.planner.clone(),
             notifier: self.notifier.clone(),
+            commands_over: None,
         }
     }
 }
@@ -182,8 +183,16 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
     );
 
     let (kill_tx, kill_rx) = watch::channel(false);
-    let ctx = deps.ctx();
+    let (over_tx, mut over_rx) = mpsc::unbounded_channel::<RunId>();
+    let ctx = Ctx {
+        commands_over: Some(over_tx),
+        ..deps.ctx()
+    };
+    // Run tasks: from the claim to the durable record of the outcome.
     let mut inflight: JoinSet<(RunId, Result<RunEnd>)> = JoinSet::new();
+    // Runs whose commands may still be running, with their actions: what
+    // the concurrency limit and the one-run-per-action rule count. A run
+    // leaves it when its commands are over, before its outcome is recorded.
     let mut busy: HashMap<RunId, String> = HashMap::new();
     let mut tasks: HashMap<tokio::task::Id, RunId> = HashMap::new();
     let mut error_backoff: Option<Duration> = None;
@@ -196,9 +205,11 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
         let mut taken = 0;
         let mut store_error = false;
         let limit = drain_limit.max(boost.take().unwrap_or(0));
-        while inflight.len() < concurrency && taken < limit {
-            let busy_actions: Vec<String> = busy.values().cloned().collect();
-            match deps.spool.claim_next(&deps.host, busy_actions).await {
+        while busy.len() < concurrency && taken < limit {
+            match deps
+                .spool
+                .claim_next_blocking(&deps.host, &|a| busy.values().any(|b| b == a))
+            {
                 Ok(Some(run)) => {
                     taken += 1;
                     busy.insert(run.run_id.clone(), run.action_key.clone());
@@ -231,8 +242,8 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
         let now = Instant::now();
         let wake_at = match error_backoff {
             Some(d) => now + d,
-            None if inflight.len() < concurrency && taken == limit => now,
-            None => match deps.spool.next_due(&deps.host).await {
+            None if busy.len() < concurrency && taken == limit => now,
+            None => match Ok::<_, ()>(deps.spool.next_due_blocking(&deps.host)) {
                 Ok(Some(due)) => {
                     let until = due - deps.spool.now();
                     match until.to_std() {
@@ -252,6 +263,9 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
+            Some(id) = over_rx.recv() => {
+                busy.remove(&id);
+            }
             Some(joined) = inflight.join_next_with_id(), if !inflight.is_empty() => {
                 finished(&deps, &mut busy, &mut tasks, joined);
             }
@@ -307,9 +321,12 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
                     Some(j) => finished(&deps, &mut busy, &mut tasks, j),
                     None => break,
                 },
+                Some(id) = over_rx.recv() => {
+                    busy.remove(&id);
+                }
                 _ = &mut grace, if !*kill_rx.borrow() => {
-                    stopped.interrupted = inflight.len();
-                    tracing::warn!(running = inflight.len(), "grace period over: killing commands");
+                    stopped.interrupted = busy.len();
+                    tracing::warn!(running = busy.len(), "grace period over: killing commands");
                     let _ = kill_tx.send(true);
                 }
             }

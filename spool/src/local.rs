@@ -38,6 +38,22 @@ use crate::{Clock, SystemClock};
 const CLAIM_BUSY_WAIT: Duration = Duration::from_millis(50);
 
 /// The directories of one host's runs.
+/// Whether a move fsyncs the directory its file was renamed into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncDir {
+    /// Moves someone else waits on (an operator's approval, a cancel): the
+    /// new directory is durable before the answer.
+    Yes,
+    /// The end of an attempt, written by the executor: the fsynced log line
+    /// already says where the run belongs, and recovery (at the executor's
+    /// start, and on every pass) moves a file whose directory disagrees
+    /// with its log (rule 4). A power loss can only leave the run in
+    /// `running/`, unlocked, with a finished log, where recovery finds it.
+    /// Skipping the directory fsync keeps the disk free for the next run's
+    /// "attempt started" fsync, which the next command waits on.
+    LogIsEnough,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dir {
     Tmp,
@@ -608,12 +624,15 @@ impl LocalSpool {
     /// Runs one move: lock, check, commit, relocate, release. A claim of
     /// this process survives an illegal move, and is released by any other
     /// error (recovery then finds the file unlocked and settles it).
+    /// `sync_dir` says whether the rename is fsynced too, or left to the
+    /// log (see [`SyncDir`]).
     fn do_move(
         &self,
         id: &RunId,
         mv: Move,
         make: impl FnOnce(&RunRecord) -> Result<EventKind>,
         keep_claim: bool,
+        sync_dir: SyncDir,
     ) -> Result<RunRecord> {
         let (mut l, was_claimed) = self.acquire(id)?;
         let kind = match state::check(&l.record, mv).and_then(|_| make(&l.record)) {
@@ -627,7 +646,7 @@ impl LocalSpool {
         };
         self.commit(&mut l, kind)?;
         let target = Dir::for_state(l.record.state);
-        self.relocate(&mut l, target, true)?;
+        self.relocate(&mut l, target, sync_dir == SyncDir::Yes)?;
         self.index_update(&l);
         let rec = l.record.clone();
         if keep_claim {
@@ -1074,6 +1093,7 @@ impl LocalSpool {
                 })
             },
             true,
+            SyncDir::Yes,
         )
     }
 
@@ -1097,6 +1117,7 @@ impl LocalSpool {
             mv,
             |r| Ok(EventKind::attempt_finished(r, result, next)),
             false,
+            SyncDir::LogIsEnough,
         )
     }
 
@@ -1129,13 +1150,14 @@ impl LocalSpool {
             Move::DeadLetter,
             move |r| Ok(EventKind::dead_letter(r, reason, result)),
             false,
+            SyncDir::LogIsEnough,
         )
     }
 
     /// queued (claimed or not) -> held: approval is (again) required.
     pub fn hold_blocking(&self, id: &RunId, reason: &str) -> Result<RunRecord> {
         let reason = reason.to_string();
-        self.do_move(id, Move::Hold, |_| Ok(EventKind::Held { reason }), false)
+        self.do_move(id, Move::Hold, |_| Ok(EventKind::Held { reason }), false, SyncDir::Yes)
     }
 
     /// held -> queued.
@@ -1151,6 +1173,7 @@ impl LocalSpool {
             Move::Approve,
             |_| Ok(EventKind::Approved { by, reason }),
             false,
+            SyncDir::Yes,
         )
     }
 
@@ -1167,12 +1190,13 @@ impl LocalSpool {
             Move::Reject,
             |_| Ok(EventKind::Rejected { by, reason }),
             false,
+            SyncDir::Yes,
         )
     }
 
     /// queued/held -> done(expired).
     pub fn expire_blocking(&self, id: &RunId) -> Result<RunRecord> {
-        self.do_move(id, Move::Expire, |_| Ok(EventKind::Expired), false)
+        self.do_move(id, Move::Expire, |_| Ok(EventKind::Expired), false, SyncDir::Yes)
     }
 
     /// queued/held -> done(canceled).
@@ -1183,6 +1207,7 @@ impl LocalSpool {
             Move::Cancel,
             |_| Ok(EventKind::Canceled { reason }),
             false,
+            SyncDir::Yes,
         )
     }
 
@@ -1273,6 +1298,7 @@ impl LocalSpool {
                     }
                 },
                 false,
+                SyncDir::Yes,
             ) {
                 Ok(_) => n += 1,
                 Err(
