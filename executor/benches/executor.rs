@@ -320,11 +320,21 @@ fn throughput(n: usize, concurrency: usize, actions: usize) -> f64 {
     let secs = t.elapsed().as_secs_f64();
     d.stop();
     if std::env::var_os("BENCH_GAPS").is_some() && concurrency == 1 {
-        let mut v: Vec<(i128, i128)> = staged.iter().filter_map(|(id, _)| attempt_ns(&env, id)).collect();
+        let mut v: Vec<(i128, i128)> = staged
+            .iter()
+            .filter_map(|(id, _)| attempt_ns(&env, id))
+            .collect();
         v.sort();
         let mut run: Vec<f64> = v.iter().map(|(a, b)| (b - a) as f64 / 1e3).collect();
-        let mut gap: Vec<f64> = v.windows(2).map(|w| (w[1].0 - w[0].1) as f64 / 1e3).collect();
-        eprintln!("started->finished p50 {:.0} us, finished->next started p50 {:.0} us", pct(&mut run, 0.5), pct(&mut gap, 0.5));
+        let mut gap: Vec<f64> = v
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].1) as f64 / 1e3)
+            .collect();
+        eprintln!(
+            "started->finished p50 {:.0} us, finished->next started p50 {:.0} us",
+            pct(&mut run, 0.5),
+            pct(&mut gap, 0.5)
+        );
     }
     n as f64 / secs
 }
