@@ -1157,7 +1157,13 @@ impl LocalSpool {
     /// queued (claimed or not) -> held: approval is (again) required.
     pub fn hold_blocking(&self, id: &RunId, reason: &str) -> Result<RunRecord> {
         let reason = reason.to_string();
-        self.do_move(id, Move::Hold, |_| Ok(EventKind::Held { reason }), false, SyncDir::Yes)
+        self.do_move(
+            id,
+            Move::Hold,
+            |_| Ok(EventKind::Held { reason }),
+            false,
+            SyncDir::Yes,
+        )
     }
 
     /// held -> queued.
@@ -1196,7 +1202,13 @@ impl LocalSpool {
 
     /// queued/held -> done(expired).
     pub fn expire_blocking(&self, id: &RunId) -> Result<RunRecord> {
-        self.do_move(id, Move::Expire, |_| Ok(EventKind::Expired), false, SyncDir::Yes)
+        self.do_move(
+            id,
+            Move::Expire,
+            |_| Ok(EventKind::Expired),
+            false,
+            SyncDir::Yes,
+        )
     }
 
     /// queued/held -> done(canceled).
