@@ -243,8 +243,8 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
         let wake_at = match error_backoff {
             Some(d) => now + d,
             None if busy.len() < concurrency && taken == limit => now,
-            None => match Ok::<_, ()>(deps.spool.next_due_blocking(&deps.host)) {
-                Ok(Some(due)) => {
+            None => match deps.spool.next_due_blocking(&deps.host) {
+                Some(due) => {
                     let until = due - deps.spool.now();
                     match until.to_std() {
                         // A future retry: wake exactly then.
@@ -254,8 +254,7 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
                         _ => now + s.rescan_interval.min(Duration::from_secs(1)),
                     }
                 }
-                Ok(None) => now + s.idle_rescan_interval,
-                Err(_) => now + s.rescan_interval,
+                None => now + s.idle_rescan_interval,
             },
         };
         let wake_at = wake_at.min(next_recovery);

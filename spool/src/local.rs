@@ -37,7 +37,6 @@ use crate::{Clock, SystemClock};
 /// before it passes the record (and its action) over for this pass.
 const CLAIM_BUSY_WAIT: Duration = Duration::from_millis(50);
 
-/// The directories of one host's runs.
 /// Whether a move fsyncs the directory its file was renamed into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SyncDir {
@@ -54,6 +53,7 @@ enum SyncDir {
     LogIsEnough,
 }
 
+/// The directories of one host's runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dir {
     Tmp,
@@ -597,8 +597,8 @@ impl LocalSpool {
         Ok(())
     }
 
-    /// Renames a locked file into `to` and fsyncs `to`. The lock moves with
-    /// the inode.
+    /// Renames a locked file into `to`, and fsyncs `to` when `sync`. The
+    /// lock moves with the inode.
     fn relocate(&self, l: &mut Locked, to: Dir, sync: bool) -> Result<()> {
         if l.dir == to {
             return Ok(());
@@ -1108,8 +1108,9 @@ impl LocalSpool {
     }
 
     /// Ends the open attempt of a claimed run: commits `attempt-finished`
-    /// with the outcome, moves the file (`done/`, `queued/` or `dlq/`),
-    /// fsyncs the destination and releases the claim.
+    /// with the outcome (fsynced), moves the file (`done/`, `queued/` or
+    /// `dlq/`) without a directory fsync ([`SyncDir::LogIsEnough`]) and
+    /// releases the claim.
     fn finish(&self, id: &RunId, mv: Move, result: AttemptResult, next: Next) -> Result<RunRecord> {
         self.require_claim(id)?;
         self.do_move(
