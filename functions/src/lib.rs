@@ -7,6 +7,7 @@
 //!
 //! Routes sit with their handlers in [`routes`], one file per endpoint group.
 //! [`startup`] builds the state (store, keys, tokens) for both entry points;
+//! [`server`] is the local server's thread-per-connection loop;
 //! `lambda` (feature `lambda`) is the Lambda entry.
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod items;
 pub mod lambda;
 pub mod openapi;
 pub mod routes;
+pub mod server;
 pub mod startup;
 
 use std::net::SocketAddr;

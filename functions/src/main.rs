@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use remediate_config::{Loaded, Loader};
+use remediate_config::{Loaded, Loader, StoreKind};
 use remediate_functions::app;
 use remediate_functions::startup::{self, SessionKeySource, StartOptions};
 
@@ -97,12 +97,10 @@ fn init_tracing(json: bool) {
     }
 }
 
-// One thread for the async side: the handlers hand every fsync and every
-// read of a record to the blocking pool, so what runs here is HTTP, JSON
-// and small page-cache reads. Measured against the two-worker default
-// (`make bench`, interleaved runs): 1-client executes 0.74x the spool's own
-// enqueue instead of 0.69x, 32 clients the same; fewer threads to wake per
-// request. Lambda runs one request at a time anyway.
+// One thread for the main runtime: with the local store it only accepts
+// connections (each is served on a thread of its own, see `server`); with
+// the AWS store its handlers wait on the network; Lambda runs one request
+// at a time anyway.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     if startup::under_lambda() {
@@ -147,14 +145,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, store = store.as_str(), spool = %spool_dir.display(), "remediate-api listening");
     println!("remediate-api listening on http://{addr}");
-    axum::serve(
-        listener,
-        app(st).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
+    let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    };
+    match store {
+        StoreKind::Local => remediate_functions::server::serve(listener, app(st), ctrl_c).await?,
+        StoreKind::Aws => {
+            axum::serve(
+                listener,
+                app(st).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(ctrl_c)
+            .await?
+        }
+    }
     Ok(())
 }
 

@@ -99,7 +99,9 @@ pub use record::{
     Approval, ApprovalStatus, Attempt, AttemptResult, Canary, CommandOutput, NewRun, Phase,
     Rollback, RunRecord, RunState, Timestamp,
 };
-pub use store::{Checked, EnqueueCheck, GateFacts, Refusal, Store};
+pub use store::{
+    Checked, EnqueueCheck, GateFacts, Refusal, Store, run_file_work_inline_on_this_thread,
+};
 
 /// Where the spool gets "now" from; tests pass a [`ManualClock`].
 pub trait Clock: Send + Sync + std::fmt::Debug {

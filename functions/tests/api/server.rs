@@ -169,3 +169,56 @@ fn real_server_answers_health_and_runbook_queue_calls() {
     );
     assert_eq!(s, 401);
 }
+
+/// Ctrl-C (SIGINT): the server stops accepting, answers the request it is
+/// working on, closes idle keep-alive connections and exits 0.
+#[test]
+fn sigint_answers_the_request_in_flight_closes_idle_connections_and_exits_zero() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let mut srv = start();
+    // A keep-alive connection that has had its answer and now idles.
+    let mut idle = TcpStream::connect(&srv.addr).unwrap();
+    write!(idle, "GET /healthz HTTP/1.1\r\nhost: {}\r\n\r\n", srv.addr).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // A drain of a run no executor takes: it waits its second for outcomes.
+    let spool = remediate_spool::LocalSpool::open(srv.dir.path().join("spool")).unwrap();
+    spool.enqueue_blocking(new_run("host-a")).unwrap();
+    let mut busy = TcpStream::connect(&srv.addr).unwrap();
+    let body = r#"{"limit":1}"#;
+    write!(
+        busy,
+        "POST /api/ops/remediate-drain HTTP/1.1\r\nhost: {}\r\nx-remediate-queue-token: {QUEUE}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        srv.addr,
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = Pid::from_raw(i32::try_from(srv.child.id()).unwrap());
+    kill(pid, Signal::SIGINT).unwrap();
+    let mut resp = String::new();
+    busy.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        idle.read(&mut buf).unwrap(),
+        0,
+        "the idle connection is closed"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = srv.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 10 s after SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(TcpStream::connect(&srv.addr).is_err(), "still listening");
+}
