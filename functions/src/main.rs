@@ -145,21 +145,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, store = store.as_str(), spool = %spool_dir.display(), "remediate-api listening");
     println!("remediate-api listening on http://{addr}");
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    let stop = stop_signal()?;
     match store {
-        StoreKind::Local => remediate_functions::server::serve(listener, app(st), ctrl_c).await?,
+        StoreKind::Local => remediate_functions::server::serve(listener, app(st), stop).await?,
         StoreKind::Aws => {
             axum::serve(
                 listener,
                 app(st).into_make_service_with_connect_info::<SocketAddr>(),
             )
-            .with_graceful_shutdown(ctrl_c)
+            .with_graceful_shutdown(stop)
             .await?
         }
     }
     Ok(())
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM (`systemctl stop`,
+/// the dev script's stop): the server then stops accepting and answers the
+/// requests in progress before it exits.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        }
+    })
 }
 
 /// Under Lambda: the same router, with the store of `VPS_REMEDIATE_STORE`

@@ -170,11 +170,17 @@ fn real_server_answers_health_and_runbook_queue_calls() {
     assert_eq!(s, 401);
 }
 
-/// Ctrl-C (SIGINT): the server stops accepting, answers the request it is
-/// working on, closes idle keep-alive connections and exits 0.
+/// Ctrl-C (SIGINT) or SIGTERM (`systemctl stop`): the server stops
+/// accepting, answers the request it is working on, closes idle keep-alive
+/// connections and exits 0.
 #[test]
-fn sigint_answers_the_request_in_flight_closes_idle_connections_and_exits_zero() {
-    use nix::sys::signal::{Signal, kill};
+fn sigint_and_sigterm_answer_the_request_in_flight_close_idle_connections_and_exit_zero() {
+    stops_gracefully_on(nix::sys::signal::Signal::SIGINT);
+    stops_gracefully_on(nix::sys::signal::Signal::SIGTERM);
+}
+
+fn stops_gracefully_on(sig: nix::sys::signal::Signal) {
+    use nix::sys::signal::kill;
     use nix::unistd::Pid;
     let mut srv = start();
     // A keep-alive connection that has had its answer and now idles.
@@ -197,10 +203,10 @@ fn sigint_answers_the_request_in_flight_closes_idle_connections_and_exits_zero()
     .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = Pid::from_raw(i32::try_from(srv.child.id()).unwrap());
-    kill(pid, Signal::SIGINT).unwrap();
+    kill(pid, sig).unwrap();
     let mut resp = String::new();
     busy.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{sig}: {resp}");
     idle.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     assert_eq!(
@@ -219,6 +225,9 @@ fn sigint_answers_the_request_in_flight_closes_idle_connections_and_exits_zero()
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    assert!(status.success(), "{status}");
-    assert!(TcpStream::connect(&srv.addr).is_err(), "still listening");
+    assert!(status.success(), "{sig}: {status}");
+    assert!(
+        TcpStream::connect(&srv.addr).is_err(),
+        "{sig}: still listening"
+    );
 }
