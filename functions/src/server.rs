@@ -5,9 +5,10 @@
 //! ([`remediate_spool::run_file_work_inline_on_this_thread`]): a request is
 //! read, handled (fsyncs included) and answered without waking any other
 //! thread. With one shared runtime every durable call went to the blocking
-//! pool and back, two thread wake-ups per request that cost as much as the
-//! HTTP handling itself on a small VM (`make bench`, README). Concurrent
-//! clients still fsync in parallel, one thread each.
+//! pool and back: two thread wake-ups per request, which in A/B runs of
+//! `make bench-http` cost 150-400 µs of server CPU per 1-client execute on
+//! a 2-core VM (README). Concurrent clients still fsync in parallel, one
+//! thread each.
 //!
 //! Connections beyond [`MAX_CONNECTIONS`] wait in the listen backlog until
 //! one closes; an idle keep-alive connection is closed after hyper's header
