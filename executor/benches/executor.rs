@@ -319,23 +319,6 @@ fn throughput(n: usize, concurrency: usize, actions: usize) -> f64 {
     }
     let secs = t.elapsed().as_secs_f64();
     d.stop();
-    if std::env::var_os("BENCH_GAPS").is_some() && concurrency == 1 {
-        let mut v: Vec<(i128, i128)> = staged
-            .iter()
-            .filter_map(|(id, _)| attempt_ns(&env, id))
-            .collect();
-        v.sort();
-        let mut run: Vec<f64> = v.iter().map(|(a, b)| (b - a) as f64 / 1e3).collect();
-        let mut gap: Vec<f64> = v
-            .windows(2)
-            .map(|w| (w[1].0 - w[0].1) as f64 / 1e3)
-            .collect();
-        eprintln!(
-            "started->finished p50 {:.0} us, finished->next started p50 {:.0} us",
-            pct(&mut run, 0.5),
-            pct(&mut gap, 0.5)
-        );
-    }
     n as f64 / secs
 }
 
@@ -451,16 +434,20 @@ impl Rounds {
         r
     }
 
+    /// Each round's ratio of `a` to `b`.
+    fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+        a.iter().zip(b).map(|(a, b)| a / b).collect()
+    }
+
     fn ratio(a: &[f64], b: &[f64]) -> f64 {
-        let r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
-        median(&r)
+        median(&Self::ratios(a, b))
     }
 
     fn table(&self, n: usize) -> String {
         let k = self.bare.len();
         let (bare, t1, tn) = (median(&self.bare), median(&self.t1), median(&self.tn));
         let range = |v: &[f64], b: &[f64]| {
-            let r: Vec<f64> = v.iter().zip(b).map(|(a, b)| a / b).collect();
+            let r = Self::ratios(v, b);
             let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = r.iter().copied().fold(0.0, f64::max);
             format!("{lo:.2}-{hi:.2}")
