@@ -18,6 +18,12 @@ dev: ## Start the whole system locally: API on 127.0.0.1:3035, executor, ./var s
 # tests start moto from target/moto-venv, which `test` installs first.
 AWS_FEATURES ?= remediate-spool/aws,remediate-functions/aws,remediate-executor/aws,remediate-executor/test-hooks,remediate-tests/aws
 
+# Debug binaries for the unit checks and the fuzz run: the test build
+# itself (its integration tests need both binaries), so after `make test`
+# nothing is compiled again (a plain `cargo build` unifies features without
+# the dev-dependencies and would rebuild much of the tree).
+BUILD_BINS = $(CARGO) test --workspace --locked --features $(AWS_FEATURES) --no-run
+
 test: moto-venv ## Run every test of the workspace, AWS store against moto included (the README's test command)
 	$(CARGO) test --workspace --locked --features $(AWS_FEATURES)
 

@@ -15,7 +15,7 @@ CARGO_LAMBDA_VERSION := 1.9.2
 .PHONY: fuzz lambda-build lambda-tools lambda-arch-check
 
 fuzz: ## Fuzz the real API server from its OpenAPI document with schemathesis (no 5xx, crash or dropped connection)
-	$(CARGO) build --locked -p remediate-functions --bin remediate-api
+	$(BUILD_BINS)
 	FUZZ_VENV=$(FUZZ_VENV) REMEDIATE_API_BIN=$${CARGO_TARGET_DIR:-target}/debug/remediate-api bash tests/fuzz/schemathesis.sh
 
 lambda-tools: ## Install cargo-lambda (with zig) into target/lambda-venv

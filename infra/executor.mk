@@ -69,11 +69,11 @@ VERIFY_UNIT = tmp=$$(mktemp -d) && \
 	[ $$rc = 0 ] && echo "$(notdir $(2)): ok"; exit $$rc
 
 executor-unit-verify: ## Check the executor unit with systemd-analyze verify (against a debug build)
-	$(CARGO) build -p remediate-executor
+	$(BUILD_BINS)
 	@$(call VERIFY_UNIT,remediate-executor,$(EXECUTOR_UNIT))
 
 api-unit-verify: ## Check the API server unit with systemd-analyze verify (against a debug build)
-	$(CARGO) build -p remediate-functions
+	$(BUILD_BINS)
 	@$(call VERIFY_UNIT,remediate-api,$(API_UNIT))
 
 units-verify: executor-unit-verify api-unit-verify ## Check both systemd units (CI)
