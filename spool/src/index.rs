@@ -169,6 +169,11 @@ impl HostIndex {
         self.buckets[b.idx()].len()
     }
 
+    /// Runs waiting to run ([`Bucket::WAITING`]).
+    fn waiting(&self) -> usize {
+        Bucket::WAITING.into_iter().map(|b| self.count(b)).sum()
+    }
+
     /// The runs not yet finished (queued, retry scheduled, held, running),
     /// with their actions (empty for a file not read yet).
     pub fn active(&self) -> impl Iterator<Item = (&RunId, &Meta)> {
@@ -226,7 +231,13 @@ pub(crate) struct Index {
     runs_dir: PathBuf,
     ino: Option<Inotify>,
     watches: HashMap<WatchDescriptor, Watch>,
-    pub hosts: HashMap<HostId, HostIndex>,
+    /// Changed only through [`Index::with_host`], `scan_host` and
+    /// `full_scan`, which keep `waiting` equal to the sum of the hosts'
+    /// waiting runs.
+    hosts: HashMap<HostId, HostIndex>,
+    /// Waiting runs of all hosts: the global backlog an execute is gated on,
+    /// known without summing thousands of hosts under the lock.
+    waiting: usize,
     /// Hosts whose state directories are watched (and were scanned after).
     watched: std::collections::HashSet<HostId>,
     scanned: bool,
@@ -259,6 +270,7 @@ impl Index {
             ino,
             watches: HashMap::new(),
             hosts: HashMap::new(),
+            waiting: 0,
             watched: std::collections::HashSet::new(),
             scanned: false,
             publishing: std::collections::HashSet::new(),
@@ -271,17 +283,34 @@ impl Index {
         if self.scanned && !self.watched.contains(host) {
             self.scan_host(host);
         }
-        self.host_mut(host).insert(id, meta);
+        self.with_host(host, |h| h.insert(id, meta));
     }
 
     pub fn remove(&mut self, host: &HostId, id: &RunId) {
-        if let Some(h) = self.hosts.get_mut(host) {
-            h.remove(id);
+        if self.hosts.contains_key(host) {
+            self.with_host(host, |h| h.remove(id));
         }
     }
 
-    fn host_mut(&mut self, host: &HostId) -> &mut HostIndex {
-        self.hosts.entry(host.clone()).or_default()
+    /// Every host's index, to read.
+    pub fn hosts(&self) -> &HashMap<HostId, HostIndex> {
+        &self.hosts
+    }
+
+    /// Runs waiting to run on all hosts (queued, retry scheduled, held).
+    pub fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Changes one host's index (made if missing) and keeps the global
+    /// count of waiting runs in step.
+    fn with_host<R>(&mut self, host: &HostId, f: impl FnOnce(&mut HostIndex) -> R) -> R {
+        let hi = self.hosts.entry(host.clone()).or_default();
+        let before = hi.waiting();
+        let r = f(hi);
+        let after = hi.waiting();
+        self.waiting = (self.waiting + after).saturating_sub(before);
+        r
     }
 
     /// Which host and directory the index believes a run is in.
@@ -307,6 +336,7 @@ impl Index {
 
     fn full_scan(&mut self) {
         self.hosts.clear();
+        self.waiting = 0;
         self.watches.clear();
         self.watched.clear();
         if let Some(ino) = &self.ino {
@@ -364,7 +394,12 @@ impl Index {
                 hi.insert(id, meta);
             }
         }
-        self.hosts.insert(host.clone(), hi);
+        let added = hi.waiting();
+        let gone = self
+            .hosts
+            .insert(host.clone(), hi)
+            .map_or(0, |old| old.waiting());
+        self.waiting = (self.waiting + added).saturating_sub(gone);
     }
 
     fn drain_events(&mut self) {
@@ -409,19 +444,20 @@ impl Index {
                             .join(dir.name())
                             .join(id.as_str());
                         let exists = path.exists();
-                        let hi = self.host_mut(&host);
-                        let known_here = hi.get(&id).is_some_and(|m| m.dir == dir);
-                        if ev
+                        let arrived = ev
                             .mask
-                            .intersects(AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE)
-                        {
-                            if exists && !known_here {
-                                let meta = read_meta(&path, dir);
-                                hi.insert(id, meta);
+                            .intersects(AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE);
+                        self.with_host(&host, |hi| {
+                            let known_here = hi.get(&id).is_some_and(|m| m.dir == dir);
+                            if arrived {
+                                if exists && !known_here {
+                                    let meta = read_meta(&path, dir);
+                                    hi.insert(id, meta);
+                                }
+                            } else if known_here && !exists {
+                                hi.remove(&id);
                             }
-                        } else if known_here && !exists {
-                            hi.remove(&id);
-                        }
+                        });
                     }
                 }
             }

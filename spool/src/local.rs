@@ -719,7 +719,7 @@ impl LocalSpool {
         {
             let mut idx = lock(&self.inner.index);
             idx.sync();
-            if let Some(hi) = idx.hosts.get(host) {
+            if let Some(hi) = idx.hosts().get(host) {
                 for (id, m) in hi.active() {
                     if m.bucket != Bucket::Running {
                         facts.host_backlog += 1;
@@ -731,11 +731,7 @@ impl LocalSpool {
                     }
                 }
             }
-            facts.global_backlog = idx
-                .hosts
-                .values()
-                .flat_map(|hi| Bucket::WAITING.map(|b| hi.count(b)))
-                .sum();
+            facts.global_backlog = idx.waiting();
             facts.recent = recent_in(&idx, host, since);
         }
         // A file the index could not read yet (being written by another
@@ -959,7 +955,7 @@ impl LocalSpool {
             let candidates = {
                 let mut idx = lock(&self.inner.index);
                 idx.sync();
-                match idx.hosts.get(host) {
+                match idx.hosts().get(host) {
                     Some(hi) => hi.due_before(now_ms, tried.len() + 16),
                     None => return Ok(None),
                 }
@@ -1290,7 +1286,7 @@ impl LocalSpool {
         let ids: Vec<RunId> = {
             let mut idx = lock(&self.inner.index);
             idx.sync();
-            match idx.hosts.get(host) {
+            match idx.hosts().get(host) {
                 Some(hi) => hi
                     .oldest(Bucket::RetryScheduled, usize::MAX)
                     .map(|(_, id)| id.clone())
@@ -1537,7 +1533,7 @@ impl LocalSpool {
         let mut idx = lock(&self.inner.index);
         idx.sync();
         let mut c = Counts::default();
-        for (h, hi) in &idx.hosts {
+        for (h, hi) in idx.hosts() {
             if host.is_some_and(|x| x != h) {
                 continue;
             }
@@ -1555,7 +1551,7 @@ impl LocalSpool {
             let mut idx = lock(&self.inner.index);
             idx.sync();
             let mut all = Vec::new();
-            for (h, hi) in &idx.hosts {
+            for (h, hi) in idx.hosts() {
                 if q.host.as_ref().is_some_and(|x| x != h) {
                     continue;
                 }
@@ -1603,7 +1599,7 @@ impl LocalSpool {
     pub fn next_due_blocking(&self, host: &HostId) -> Option<Timestamp> {
         let mut idx = lock(&self.inner.index);
         idx.sync();
-        idx.hosts
+        idx.hosts()
             .get(host)
             .and_then(|h| h.next_due_ms())
             .and_then(chrono::DateTime::from_timestamp_millis)
@@ -2066,7 +2062,7 @@ pub struct RecentRequest {
 /// Runs of `host` requested at or after `since`, newest first.
 fn recent_in(idx: &Index, host: &HostId, since: Timestamp) -> Vec<RecentRequest> {
     let mut v: Vec<RecentRequest> = idx
-        .hosts
+        .hosts()
         .get(host)
         .map(|h| h.requested_since(since.timestamp_millis()))
         .unwrap_or_default()

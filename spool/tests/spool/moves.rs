@@ -1,5 +1,7 @@
 //! Every move through the spool, legal and illegal, and what lands on disk.
 
+use std::sync::{Arc, Mutex};
+
 use crate::util::*;
 use remediate_spool::*;
 
@@ -815,4 +817,90 @@ fn an_outcome_whose_rename_was_lost_is_moved_on_by_recovery() {
             .unwrap()
             .is_none()
     );
+}
+
+/// The global backlog an execute is gated on, as `enqueue_checked` shows it
+/// (refusing, so that nothing is written).
+fn global_backlog(s: &LocalSpool, h: &HostId) -> usize {
+    let seen = Arc::new(Mutex::new(None));
+    let keep = seen.clone();
+    let check: EnqueueCheck = Box::new(move |f: &GateFacts| {
+        *keep.lock().unwrap() = Some(f.global_backlog);
+        Err(Box::new(()) as Refusal)
+    });
+    let since = s.now() - chrono::Duration::hours(1);
+    let got = s.enqueue_checked_blocking(run(h, "probe"), since, check);
+    assert!(matches!(got, Ok(Checked::Refused(_))), "the probe refuses");
+    seen.lock().unwrap().expect("the check ran")
+}
+
+/// The waiting runs of every host as the snapshot counts them.
+fn waiting(s: &LocalSpool) -> usize {
+    let c = s.counts_blocking(None).unwrap();
+    c.queued + c.retry_scheduled + c.held
+}
+
+/// The index keeps the global backlog as a running count rather than
+/// summing every host per execute: it stays equal to the snapshot's count
+/// through enqueue, hold, approve, claim, retry, dead letter, replay and
+/// completion, whether this process made the move or another one did (seen
+/// through inotify), and after a reopen (a full scan).
+#[test]
+fn global_backlog_follows_every_move() {
+    let mut ts = TempSpool::new();
+    let other = open(ts.dir.path(), Arc::new(io::RealIo), ts.clock.clone());
+    let (a, b) = (host("gb-a"), host("gb-b"));
+    let check = |ts: &TempSpool, expected: usize| {
+        assert_eq!(waiting(&ts.spool), expected);
+        assert_eq!(global_backlog(&ts.spool, &a), expected, "this process");
+        assert_eq!(global_backlog(&other, &b), expected, "the other process");
+    };
+    check(&ts, 0);
+    let a1 = ts.enqueue(&a, "one");
+    let b1 = other
+        .enqueue_blocking(run(&b, "one"))
+        .unwrap()
+        .record
+        .run_id;
+    let a2 = ts.enqueue(&a, "two");
+    check(&ts, 3);
+    // Held runs wait too; approving keeps the count, rejecting ends it.
+    ts.spool.hold_blocking(&a2, "needs approval").unwrap();
+    check(&ts, 3);
+    ts.spool.approve_blocking(&a2, "op", None).unwrap();
+    check(&ts, 3);
+    // Claimed runs are running, not waiting; a retry waits again.
+    let c = ts
+        .spool
+        .claim_next_blocking(&a, &|_| false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.run_id, a1);
+    check(&ts, 2);
+    ts.spool.start_attempt_blocking(&a1).unwrap();
+    let at = ts.spool.now() + chrono::Duration::seconds(30);
+    ts.spool.retry_at_blocking(&a1, at, fail_result()).unwrap();
+    check(&ts, 3);
+    // The other process runs b1 to the end.
+    other.claim_next_blocking(&b, &|_| false).unwrap().unwrap();
+    other.start_attempt_blocking(&b1).unwrap();
+    other.complete_blocking(&b1, ok_result()).unwrap();
+    check(&ts, 2);
+    // A dead letter leaves the backlog; its replay comes back to it.
+    ts.advance_secs(60);
+    let d = ts
+        .spool
+        .claim_next_blocking(&a, &|_| false)
+        .unwrap()
+        .unwrap();
+    ts.spool.start_attempt_blocking(&d.run_id).unwrap();
+    ts.spool
+        .dead_letter_blocking(&d.run_id, "gave up", Some(fail_result()))
+        .unwrap();
+    check(&ts, 1);
+    let replayed = ts.spool.replay_blocking(&d.run_id, "op").unwrap();
+    assert_ne!(replayed.run_id, d.run_id);
+    check(&ts, 2);
+    ts.reopen();
+    check(&ts, 2);
 }
