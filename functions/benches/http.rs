@@ -5,7 +5,7 @@
 //!   32 concurrent keep-alive clients, against the spool's own enqueue of the
 //!   same (host, action) runs from 1 and 32 threads in this process, the
 //!   two sides in alternating rounds (the ratio is the median of the
-//!   rounds' ratios); p50 and p99 latency, and the CPU time per run of
+//!   rounds' ratios); p50 and p99 latency of both sides, and the CPU time per run of
 //!   the in-process spool, of the server and of the HTTP clients (the
 //!   clients share the machine's cores with the server);
 //! - the server's time from process start to its first answer on /healthz.
@@ -143,20 +143,32 @@ fn jobs(prefix: &str, hosts: usize) -> Vec<(String, &'static str)> {
 }
 
 /// The spool's own durable enqueue of `work` from `writers` threads in this
-/// process; the time it took.
-fn spool_enqueue(sp: &LocalSpool, work: &[(HostId, &str)], writers: usize) -> Duration {
+/// process; the time it took and each enqueue's latency.
+fn spool_enqueue(
+    sp: &LocalSpool,
+    work: &[(HostId, &str)],
+    writers: usize,
+) -> (Duration, Vec<Duration>) {
     let per = work.len().div_ceil(writers).max(1);
     let t = Instant::now();
-    std::thread::scope(|s| {
-        for chunk in work.chunks(per) {
-            s.spawn(move || {
-                for (h, a) in chunk {
-                    sp.enqueue_blocking(new_run(h, a)).unwrap();
-                }
-            });
-        }
+    let lat: Vec<Duration> = std::thread::scope(|s| {
+        let hs: Vec<_> = work
+            .chunks(per)
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut l = Vec::new();
+                    for (h, a) in chunk {
+                        let t = Instant::now();
+                        sp.enqueue_blocking(new_run(h, a)).unwrap();
+                        l.push(t.elapsed());
+                    }
+                    l
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
-    t.elapsed()
+    (t.elapsed(), lat)
 }
 
 /// Registers `hosts` hosts and dry-runs every bench action on each (setup),
@@ -235,6 +247,7 @@ struct Compared {
     ratio: f64,
     ratio_range: (f64, f64),
     lat: Vec<Duration>,
+    spool_lat: Vec<Duration>,
     spool_cpu: Duration,
     http_cpu: Duration,
     /// This process's CPU time per run while it was the HTTP clients.
@@ -253,7 +266,7 @@ fn compare(sp: &LocalSpool, server: &Server, prefix: &str, hosts: usize, conc: u
     let (me, pid) = (std::process::id(), server.child.id());
     let (mut st, mut ht) = (Duration::ZERO, Duration::ZERO);
     let (mut sc, mut hc, mut cc) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let mut lat = Vec::new();
+    let (mut lat, mut spool_lat) = (Vec::new(), Vec::new());
     let mut ratios = Vec::new();
     for (r, (d, h)) in direct.chunks(per).zip(jobs.chunks(per)).enumerate() {
         let (mut rs, mut rh) = (Duration::ZERO, Duration::ZERO);
@@ -264,8 +277,10 @@ fn compare(sp: &LocalSpool, server: &Server, prefix: &str, hosts: usize, conc: u
         } {
             if spool_side {
                 let c = cpu_time(me);
-                rs = spool_enqueue(sp, d, conc);
+                let (t, l) = spool_enqueue(sp, d, conc);
                 sc += cpu_time(me) - c;
+                rs = t;
+                spool_lat.extend(l);
             } else {
                 let (c, mine) = (cpu_time(pid), cpu_time(me));
                 let (t, l) = http_enqueue(&server.addr, h, conc);
@@ -288,6 +303,7 @@ fn compare(sp: &LocalSpool, server: &Server, prefix: &str, hosts: usize, conc: u
         ratio: ratios[ratios.len() / 2],
         ratio_range: (ratios[0], ratios[ratios.len() - 1]),
         lat,
+        spool_lat,
         spool_cpu: sc / jobs.len() as u32,
         http_cpu: hc / jobs.len() as u32,
         client_cpu: cc / jobs.len() as u32,
@@ -357,6 +373,7 @@ fn main() {
             ratio,
             ratio_range: (lo, hi),
             mut lat,
+            mut spool_lat,
             spool_cpu,
             http_cpu,
             client_cpu,
@@ -364,7 +381,9 @@ fn main() {
         let who = if n == 1 { "1 writer" } else { "32 writers" };
         let clients = if n == 1 { "1 client" } else { "32 clients" };
         println!(
-            "| spool in-process, {who} | {spool_rate:.0} | 1.00 (baseline) | | | {spool_cpu:?} |"
+            "| spool in-process, {who} | {spool_rate:.0} | 1.00 (baseline) | {:?} | {:?} | {spool_cpu:?} |",
+            pct(&mut spool_lat, 0.5),
+            pct(&mut spool_lat, 0.99)
         );
         println!(
             "| HTTP execute, {clients} | {http_rate:.0} | {ratio:.2}x spool (rounds {lo:.2}-{hi:.2}; target >= 0.70) | {:?} | {:?} | {http_cpu:?} (+ clients {client_cpu:?}) |",
