@@ -21,7 +21,7 @@ use remediate_spool::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{Need, Principal, Role};
+use crate::auth::{Need, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::items::item;
 use crate::routes::clamp_limit;
@@ -432,7 +432,6 @@ async fn execute(
         json!({ "hostId": t.host, "actionId": a.id, "created": enq.created, "approvalRequired": needs_approval }),
     )
     .await?;
-    let _ = Role::Ops;
     Ok(Json(json!({
         "ok": true,
         "mode": "execute",
