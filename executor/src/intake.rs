@@ -41,6 +41,8 @@ use remediate_spool::{
 };
 use tokio::sync::{Notify, watch};
 
+use crate::daemon::Drained;
+
 /// A message of a host's queue, as the intake understands it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteMessage {
@@ -144,6 +146,11 @@ pub struct IntakeSettings {
     /// How often the intake lists the host's ready runs in S3 and imports
     /// those it never got a message for ([`Intake::reconcile_once`]).
     pub reconcile_interval: Duration,
+    /// A ready run whose record changed less than this long ago is left to
+    /// its message, which normally arrives within a second: importing it
+    /// from the listing would race the message and log a duplicate
+    /// delivery. Older ones are imported.
+    pub reconcile_grace: Duration,
     /// Test hook: pause this long after a durable import and before the
     /// delete, so a test can SIGKILL the executor there. Set only from
     /// `VPS_REMEDIATE_TEST_PAUSE_AFTER_IMPORT_SECONDS` in builds with the
@@ -159,6 +166,7 @@ impl Default for IntakeSettings {
             max_backoff: Duration::from_secs(60),
             mirror_rescan: Duration::from_secs(30),
             reconcile_interval: Duration::from_secs(60),
+            reconcile_grace: Duration::from_secs(60),
             pause_after_import: None,
         }
     }
@@ -394,10 +402,14 @@ impl Intake {
     /// The safety net beside the pointer messages: imports every ready run
     /// of this host that S3 lists and the local spool does not hold, if it
     /// was never attempted (a run attempted here is present locally; one
-    /// attempted elsewhere is not ours to run again). Finds runs whose
+    /// attempted elsewhere is not ours to run again) and if it last changed
+    /// at least [`IntakeSettings::reconcile_grace`] ago. Finds runs whose
     /// message was never sent. Returns the runs imported.
     pub async fn reconcile_once(&self) -> SpoolResult<Vec<RunId>> {
         let ids = self.remote.ready_runs(&self.host, RECONCILE_BATCH).await?;
+        let grace = chrono::Duration::from_std(self.settings.reconcile_grace)
+            .unwrap_or(chrono::Duration::MAX);
+        let settled_before = self.spool.now() - grace;
         let mut imported = Vec::new();
         for id in ids {
             if Store::get(&self.spool, &id).await?.is_some() {
@@ -410,6 +422,7 @@ impl Intake {
                 || rec.host_id != self.host
                 || rec.state != remediate_spool::RunState::Queued
                 || rec.attempts != 0
+                || rec.updated_at.unwrap_or(rec.requested_at) > settled_before
             {
                 continue;
             }
@@ -741,6 +754,68 @@ impl Mirror {
 }
 
 // ----- the daemon with both tasks -----
+
+/// Most receives one `once` makes (up to 10 messages each); what is left
+/// on the queue waits for the next `once` or for `run`.
+pub const ONCE_MAX_RECEIVES: usize = 10;
+
+/// `remediate-executor once` in AWS mode: one round of what `run` does
+/// beside its claim loop. Copies the host's policy document, pulls the
+/// host's queue until a receive comes back empty (long polls of 1 s, at
+/// most [`ONCE_MAX_RECEIVES`]), imports the runs S3 holds without a
+/// message, drains up to `limit` due runs ([`crate::drain_once`]), then
+/// mirrors every changed run to S3, so the outcomes are there when the
+/// command exits. Intake and mirror failures are listed in
+/// [`Drained::errors`] (the command then exits 1); what is not mirrored now,
+/// the next `once` or `run` mirrors (the spool is the outbox).
+pub async fn once_with_intake(
+    deps: &crate::Deps,
+    remote: Arc<dyn RemoteRuns>,
+    limit: usize,
+    kill: watch::Receiver<bool>,
+) -> crate::Result<Drained> {
+    deps.spool.ensure_host(&deps.host)?;
+    let intake = Intake {
+        spool: deps.spool.clone(),
+        host: deps.host.clone(),
+        remote: remote.clone(),
+        settings: IntakeSettings {
+            wait: Duration::from_secs(1),
+            ..IntakeSettings::default()
+        },
+        nudge: Arc::new(Notify::new()),
+    };
+    let mut errors = Vec::new();
+    intake.sync_host_doc().await;
+    for _ in 0..ONCE_MAX_RECEIVES {
+        if *kill.borrow() {
+            break;
+        }
+        match intake.poll_once().await {
+            Ok(handled) if handled.is_empty() => break,
+            Ok(_) => {}
+            Err(e) => {
+                errors.push(format!("SQS intake: {e}"));
+                break;
+            }
+        }
+    }
+    if let Err(e) = intake.reconcile_once().await {
+        errors.push(format!("listing this host's ready runs in S3: {e}"));
+    }
+    let mut drained = crate::drain_once(deps, limit, kill).await?;
+    let mirror = Mirror::open(deps.spool.clone(), deps.host.clone(), remote)?;
+    match mirror.pass().await {
+        Ok(pass) => errors.extend(
+            pass.failed
+                .into_iter()
+                .map(|(id, e)| format!("mirroring {id} to S3: {e}")),
+        ),
+        Err(e) => errors.push(format!("mirroring to S3: {e}")),
+    }
+    drained.errors.extend(errors);
+    Ok(drained)
+}
 
 /// Runs the daemon of `deps.host` in AWS mode: the intake and the mirror
 /// beside the claim loop. On `shutdown` the intake stops first (nothing new

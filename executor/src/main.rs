@@ -56,7 +56,9 @@ enum Cmd {
     /// Run the daemon for one host until SIGTERM/SIGINT.
     Run(Common),
     /// Drain up to N due runs and exit: 0 when every run touched succeeded,
-    /// was scheduled for retry or waits for approval; 1 otherwise.
+    /// was scheduled for retry or waits for approval; 1 otherwise. In AWS
+    /// mode it first pulls the host's SQS queue and mirrors the outcomes to
+    /// S3 before it exits.
     Once {
         #[command(flatten)]
         common: Common,
@@ -285,13 +287,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Once { common, limit } => {
             let s = setup(&common)?;
-            if let StoreMode::Aws(_) =
-                intake::store_mode(&s.loaded.settings.store).map_err(UsageError)?
-            {
-                tracing::warn!(
-                    "AWS mode: `once` drains only what the spool already holds (the SQS intake runs with `run`)"
-                );
-            }
+            let mode = intake::store_mode(&s.loaded.settings.store).map_err(UsageError)?;
             let (deps, sender) = deps(&s)?;
             let limit = limit.unwrap_or(deps.settings.drain_limit);
             if limit == 0 {
@@ -303,7 +299,13 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 signal.await;
                 let _ = kill_tx.send(true);
             });
-            let drained = remediate_executor::drain_once(&deps, limit, kill_rx).await?;
+            let drained = match mode {
+                StoreMode::Local => remediate_executor::drain_once(&deps, limit, kill_rx).await?,
+                StoreMode::Aws(aws) => {
+                    let remote = aws_remote(&deps.host, &aws).await?;
+                    intake::once_with_intake(&deps, remote, limit, kill_rx).await?
+                }
+            };
             drop(deps);
             if let Some(sender) = sender {
                 sender.finish(NOTIFY_FLUSH).await;
@@ -403,18 +405,30 @@ async fn queue_cmd(cmd: QueueCmd) -> anyhow::Result<ExitCode> {
 }
 
 /// AWS mode: the daemon with the SQS intake and the S3 mirror beside it.
-#[cfg(feature = "aws")]
 async fn run_aws(
     deps: Deps,
     aws: AwsSettings,
 ) -> anyhow::Result<remediate_executor::daemon::Stopped> {
-    use remediate_executor::intake::{IntakeSettings, RemoteRuns};
-    let store = remediate_executor::intake_aws::connect(&aws)
+    let remote = aws_remote(&deps.host, &aws).await?;
+    let settings = intake::IntakeSettings {
+        pause_after_import: intake::pause_after_import_from_env(),
+        ..intake::IntakeSettings::default()
+    };
+    Ok(intake::run_with_intake(deps, remote, settings, shutdown_signal()?).await?)
+}
+
+/// The S3 + SQS store of AWS mode, with this host's queues checked.
+#[cfg(feature = "aws")]
+async fn aws_remote(
+    host: &remediate_spool::HostId,
+    aws: &AwsSettings,
+) -> anyhow::Result<Arc<dyn intake::RemoteRuns>> {
+    let store = remediate_executor::intake_aws::connect(aws)
         .await
         .map_err(|e| UsageError(format!("AWS store: {e}")))?;
     // The template creates the queues; creating them here is for tests and
     // first starts, and may be denied to a least-privilege executor role.
-    if let Err(e) = store.ensure_host_queues(&deps.host).await {
+    if let Err(e) = store.ensure_host_queues(host).await {
         tracing::warn!(error = %e, "cannot create or check this host's queues; using them as they are");
     }
     tracing::info!(
@@ -423,20 +437,15 @@ async fn run_aws(
         region = %aws.region,
         "AWS mode: pulling this host's SQS queue into the spool"
     );
-    let remote: Arc<dyn RemoteRuns> = Arc::new(store);
-    let settings = IntakeSettings {
-        pause_after_import: intake::pause_after_import_from_env(),
-        ..IntakeSettings::default()
-    };
-    Ok(intake::run_with_intake(deps, remote, settings, shutdown_signal()?).await?)
+    Ok(Arc::new(store))
 }
 
 /// A build without the `aws` feature refuses AWS mode with a clear message.
 #[cfg(not(feature = "aws"))]
-async fn run_aws(
-    _deps: Deps,
-    _aws: AwsSettings,
-) -> anyhow::Result<remediate_executor::daemon::Stopped> {
+async fn aws_remote(
+    _host: &remediate_spool::HostId,
+    _aws: &AwsSettings,
+) -> anyhow::Result<Arc<dyn intake::RemoteRuns>> {
     Err(UsageError(
         "VPS_REMEDIATE_STORE=aws: this executor was built without the `aws` feature \
          (cargo build -p remediate-executor --features aws)"

@@ -9,6 +9,8 @@
 //! delete of the message (the `test-hooks` pause), restarts it, and checks
 //! that the redelivered message is recognised and the command ran exactly
 //! once (its side effect is a new file per execution, as in the soak test).
+//! The third runs `remediate-executor once` in AWS mode: intake, run and
+//! mirror in one command.
 //!
 //! Run:
 //! `cargo build -p remediate-executor --features aws,test-hooks &&
@@ -259,12 +261,13 @@ impl World {
         })
     }
 
-    fn start_executor(&self, life: u32, pause_after_import: Option<u64>) -> Executor {
+    /// `remediate-executor <sub>` in AWS mode against this world's moto,
+    /// its stderr to `log`.
+    fn executor_command(&self, sub: &str, log: &Path) -> std::process::Command {
         let bin = workspace_bin("remediate-executor").unwrap_or_else(|e| panic!("{e}"));
-        let log = self.dir.path().join(format!("executor-{life}.log"));
-        let err = std::fs::File::create(&log).unwrap();
+        let err = std::fs::File::create(log).unwrap();
         let mut cmd = clean_command(&bin);
-        cmd.args(["run", "--host-id", HOST, "--spool"])
+        cmd.args([sub, "--host-id", HOST, "--spool"])
             .arg(&self.spool)
             .current_dir(self.dir.path())
             .env("VPS_REMEDIATE_STORE", "aws")
@@ -282,6 +285,12 @@ impl World {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err);
+        cmd
+    }
+
+    fn start_executor(&self, life: u32, pause_after_import: Option<u64>) -> Executor {
+        let log = self.dir.path().join(format!("executor-{life}.log"));
+        let mut cmd = self.executor_command("run", &log);
         if let Some(s) = pause_after_import {
             cmd.env(
                 remediate_executor::intake::PAUSE_AFTER_IMPORT_VAR,
@@ -292,6 +301,35 @@ impl World {
             child: cmd.spawn().expect("start remediate-executor"),
             log,
         }
+    }
+
+    /// `remediate-executor once` to its end (a hang guard kills it after
+    /// 180 s): its exit status, stdout and log.
+    fn once(&self, n: u32) -> (std::process::ExitStatus, String, String) {
+        let log = self.dir.path().join(format!("once-{n}.log"));
+        let out = self.dir.path().join(format!("once-{n}.out"));
+        let mut cmd = self.executor_command("once", &log);
+        cmd.stdout(std::fs::File::create(&out).unwrap());
+        let mut child = cmd.spawn().expect("start remediate-executor once");
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "`once` did not end:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (
+            status,
+            std::fs::read_to_string(&out).unwrap_or_default(),
+            std::fs::read_to_string(&log).unwrap_or_default(),
+        )
     }
 }
 
@@ -389,7 +427,8 @@ async fn executor_killed_between_import_and_delete_runs_the_command_once() {
     first.sigkill();
     assert!(
         !first.log().contains("duplicate delivery"),
-        "life 1 saw one delivery"
+        "life 1 saw one delivery:\n{}",
+        first.log()
     );
     assert_eq!(w.executions(&id), 1);
 
@@ -410,4 +449,35 @@ async fn executor_killed_between_import_and_delete_runs_the_command_once() {
     assert_eq!(run["attempts"], 1, "one attempt: {run}");
     assert_eq!(w.executions(&id), 1, "the command ran exactly once");
     assert!(second.log().contains(id.as_str()));
+}
+
+/// `remediate-executor once` in AWS mode does one round of what `run` does
+/// around its claim loop: it pulls the run from the host's queue, runs it,
+/// and has its outcome in S3 before it exits (no waiting). A second `once`
+/// finds nothing and runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_imports_from_sqs_runs_and_mirrors_before_it_exits() {
+    let Some(w) = world(
+        "once_imports_from_sqs_runs_and_mirrors_before_it_exits",
+        "once",
+    )
+    .await
+    else {
+        return;
+    };
+    let id = w.execute().await;
+    let (status, out, log) = w.once(1);
+    assert!(status.success(), "once: {status}\n{out}\n{log}");
+    assert_eq!(out.trim(), format!("{id}\tsucceeded"), "{log}");
+    assert!(log.contains("run imported from SQS"), "{log}");
+    let run = w.run(&id).await;
+    assert_eq!(run["state"], "succeeded", "mirrored before exit: {run}");
+    assert_eq!(run["attempts"], 1, "{run}");
+    assert_eq!(w.executions(&id), 1);
+    assert_eq!(w.local_dir_of(&id), Some(Dir::Done));
+
+    let (status, out, log) = w.once(2);
+    assert!(status.success(), "second once: {status}\n{log}");
+    assert_eq!(out.trim(), "", "nothing left to run: {log}");
+    assert_eq!(w.executions(&id), 1, "the command ran once");
 }

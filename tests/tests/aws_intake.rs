@@ -143,6 +143,7 @@ async fn fixture(test: &str) -> Option<Fixture> {
         remote: remote.clone(),
         settings: IntakeSettings {
             wait: Duration::from_secs(1),
+            reconcile_grace: Duration::ZERO,
             ..IntakeSettings::default()
         },
         nudge: Arc::new(Notify::new()),
@@ -554,8 +555,8 @@ async fn the_host_document_follows_s3_before_runs_are_imported() {
 
 /// A ready run whose message never arrived (an approve whose send failed
 /// after its commit; here the message is taken off the queue unread) is
-/// found by the reconcile pass and imported once; held runs and runs already
-/// attempted are left alone.
+/// found by the reconcile pass and imported once (once it is older than the
+/// grace, here zero); held runs and runs already attempted are left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_imports_ready_runs_whose_message_never_arrived() {
     let Some(f) = fixture("reconcile_imports_ready_runs_whose_message_never_arrived").await else {
@@ -583,6 +584,19 @@ async fn reconcile_imports_ready_runs_whose_message_never_arrived() {
             .unwrap();
     }
     assert_eq!(f.queue_depth().await, (0, 0));
+    assert!(f.spool.get_blocking(&lost.run_id).unwrap().is_none());
+
+    // With the default grace, a run that changed a moment ago is left to
+    // its message.
+    let patient = Intake {
+        settings: IntakeSettings::default(),
+        ..f.intake.clone()
+    };
+    assert_eq!(
+        patient.reconcile_once().await.unwrap(),
+        Vec::<RunId>::new(),
+        "too recent to be a lost message"
+    );
     assert!(f.spool.get_blocking(&lost.run_id).unwrap().is_none());
 
     let imported = f.intake.reconcile_once().await.unwrap();
