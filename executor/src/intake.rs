@@ -786,19 +786,24 @@ pub async fn once_with_intake(
         nudge: Arc::new(Notify::new()),
     };
     let mut errors = Vec::new();
-    intake.sync_host_doc().await;
+    let mut received = false;
     for _ in 0..ONCE_MAX_RECEIVES {
         if *kill.borrow() {
             break;
         }
         match intake.poll_once().await {
             Ok(handled) if handled.is_empty() => break,
-            Ok(_) => {}
+            Ok(_) => received = true,
             Err(e) => {
                 errors.push(format!("SQS intake: {e}"));
                 break;
             }
         }
+    }
+    // A receive with messages copied the host document already; runs
+    // found by the listing need it too.
+    if !received {
+        intake.sync_host_doc().await;
     }
     if let Err(e) = intake.reconcile_once().await {
         errors.push(format!("listing this host's ready runs in S3: {e}"));
