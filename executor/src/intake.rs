@@ -13,7 +13,12 @@
 //!   that cannot be parsed, names another host, or whose record is missing
 //!   or refused stays undeleted and is logged; the queue's redrive policy
 //!   moves it to the host's DLQ after 5 receives. A drain message becomes
-//!   the local drain request the daemon already watches (`control/`).
+//!   the local drain request the daemon already watches (`control/`). A
+//!   policy message (sent when the host's document is written through the
+//!   API) copies the document into the spool at once, so a host disabled
+//!   by an operator runs nothing more: every attempt checks the local copy
+//!   first. Without messages the document is also copied after every empty
+//!   long poll.
 //! - the **mirror** ([`Mirror`]) copies every local change of the host's
 //!   runs back to S3 with the store's compare-and-swap
 //!   ([`RemoteRuns::mirror`]). Which runs need it is found from the spool
@@ -50,6 +55,8 @@ pub enum RemoteMessage {
     Run { run_id: RunId, host_id: HostId },
     /// Drain up to `limit` due runs now.
     Drain { host_id: HostId, limit: u32 },
+    /// The host's policy document changed in S3.
+    Policy { host_id: HostId },
 }
 
 /// One received message. `message` is `Err` (with the reason) when its body
@@ -215,6 +222,9 @@ pub enum Handled {
     Duplicate(RunId),
     /// A drain request was handed to the daemon; the message was deleted.
     Drain(u32),
+    /// The host document was copied from S3; the message was deleted (also
+    /// when deleting it failed: a redelivery copies it again).
+    Policy,
     /// Left on the queue (to come back, and reach the DLQ after 5 receives).
     Left(String),
     /// Imported (or present), but deleting the message failed: it comes back
@@ -252,24 +262,34 @@ impl Intake {
 
     /// Copies the host's policy document from S3 into the spool when it
     /// changed, so the execution-time checks (host enabled, guard) use what
-    /// operators set through the API. Failures keep the local copy.
-    pub async fn sync_host_doc(&self) {
+    /// operators set through the API. Failures keep the local copy and are
+    /// logged; returns whether the local copy now matches S3 (true when S3
+    /// holds no document).
+    pub async fn sync_host_doc(&self) -> bool {
         let remote = match self.remote.host_doc(&self.host).await {
             Ok(Some(doc)) => doc,
-            Ok(None) => return,
+            Ok(None) => return true,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the host document from S3; keeping the local copy");
-                return;
+                return false;
             }
         };
         let local = Store::get_host_doc(&self.spool, &self.host)
             .await
             .ok()
             .flatten();
-        if local.as_ref() != Some(&remote)
-            && let Err(e) = Store::put_host_doc(&self.spool, &self.host, remote).await
-        {
-            tracing::error!(error = %e, "cannot store the host document from S3");
+        if local.as_ref() == Some(&remote) {
+            return true;
+        }
+        match Store::put_host_doc(&self.spool, &self.host, remote).await {
+            Ok(()) => {
+                tracing::info!(host_id = %self.host, "host document copied from S3");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store the host document from S3");
+                false
+            }
         }
     }
 
@@ -287,7 +307,9 @@ impl Intake {
             }
         };
         match msg {
-            RemoteMessage::Run { host_id, .. } | RemoteMessage::Drain { host_id, .. }
+            RemoteMessage::Run { host_id, .. }
+            | RemoteMessage::Drain { host_id, .. }
+            | RemoteMessage::Policy { host_id }
                 if host_id != self.host =>
             {
                 self.leave(
@@ -316,6 +338,26 @@ impl Intake {
                         Handled::Drain(limit)
                     }
                 }
+            }
+            RemoteMessage::Policy { .. } => {
+                // The batch's receive copied the document already, unless
+                // S3 changed since; one more GET on a rare message is cheap.
+                if !self.sync_host_doc().await {
+                    return self.leave(
+                        &m.message_id,
+                        m.receive_count,
+                        "cannot copy the host document from S3 (logged above)".into(),
+                    );
+                }
+                if let Err(e) = self
+                    .remote
+                    .delete_message(&self.host, &m.receipt_handle)
+                    .await
+                {
+                    tracing::warn!(message_id = %m.message_id, error = %e, "host document copied; deleting its message failed (it comes back)");
+                }
+                tracing::info!(message_id = %m.message_id, "policy message: the host document is current");
+                Handled::Policy
             }
             RemoteMessage::Run { run_id, .. } => self.import_run(&m, run_id).await,
         }

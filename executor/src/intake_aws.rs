@@ -37,6 +37,7 @@ impl RemoteRuns for S3SqsStore {
                     HostMessage::Drain { host_id, limit } => {
                         RemoteMessage::Drain { host_id, limit }
                     }
+                    HostMessage::Policy { host_id } => RemoteMessage::Policy { host_id },
                 }),
                 receipt_handle: m.receipt_handle,
                 message_id: m.message_id,

@@ -10,7 +10,9 @@
 //! that the redelivered message is recognised and the command ran exactly
 //! once (its side effect is a new file per execution, as in the soak test).
 //! The third runs `remediate-executor once` in AWS mode: intake, run and
-//! mirror in one command.
+//! mirror in one command. The fourth disables the host through the router
+//! while a run waits for its retry: the policy message makes the executor
+//! cancel it instead of running it again.
 //!
 //! Run:
 //! `cargo build -p remediate-executor --features aws,test-hooks &&
@@ -36,9 +38,11 @@ use serde_json::{Value, json};
 const HOST: &str = "aws-e2e-host";
 const ADMIN: &str = "admin-token-for-the-aws-e2e";
 const ACTION: &str = "count-once";
+const FAILING: &str = "count-then-fail";
 
-/// The test catalog: one non-idempotent action whose first command leaves a
-/// new file per execution.
+/// The test catalog: a non-idempotent action whose first command leaves a
+/// new file per execution, and one that leaves its file and then fails (so
+/// it is retried after the default backoff, 15 s).
 fn catalog_toml(effects: &Path) -> String {
     let mark = format!("{}/{{run_id}}.{{attempt}}.XXXXXX", effects.display());
     format!(
@@ -50,6 +54,15 @@ tier = "safe_auto"
 timeout_secs = 30
 idempotent = false
 commands = [["/usr/bin/mktemp", "{mark}"]]
+
+[[action]]
+id = "{FAILING}"
+title = "Count executions, then fail"
+risk = "low"
+tier = "safe_auto"
+timeout_secs = 30
+idempotent = true
+commands = [["/usr/bin/mktemp", "{mark}"], ["/usr/bin/false"]]
 "#
     )
 }
@@ -182,13 +195,18 @@ impl World {
         assert_eq!(s, 200, "register host: {v}");
     }
 
-    /// Dry-run, then execute, through the router: returns the run id.
+    /// Dry-run, then execute [`ACTION`] through the router: returns the run
+    /// id.
     async fn execute(&self) -> RunId {
+        self.execute_action(ACTION).await
+    }
+
+    async fn execute_action(&self, action: &str) -> RunId {
         let (s, v) = self
             .call(
                 "POST",
                 "/api/remediate",
-                Some(json!({"mode": "dry-run", "hostId": HOST, "actionId": ACTION, "params": {}})),
+                Some(json!({"mode": "dry-run", "hostId": HOST, "actionId": action, "params": {}})),
             )
             .await;
         assert_eq!(s, 200, "dry-run: {v}");
@@ -197,8 +215,8 @@ impl World {
                 "POST",
                 "/api/remediate",
                 Some(
-                    json!({"mode": "execute", "hostId": HOST, "actionId": ACTION, "params": {},
-                            "confirmPhrase": format!("EXECUTE {ACTION}")}),
+                    json!({"mode": "execute", "hostId": HOST, "actionId": action, "params": {},
+                            "confirmPhrase": format!("EXECUTE {action}")}),
                 ),
             )
             .await;
@@ -480,4 +498,55 @@ async fn once_imports_from_sqs_runs_and_mirrors_before_it_exits() {
     assert!(status.success(), "second once: {status}\n{log}");
     assert_eq!(out.trim(), "", "nothing left to run: {log}");
     assert_eq!(w.executions(&id), 1, "the command ran once");
+}
+
+/// Disabling a host through the API reaches its executor at once, by a
+/// policy message on the host's queue, not after the intake's current long
+/// poll (20 s): a run waiting for its retry (15 s) is canceled when it comes
+/// due instead of running again. Without the message, the executor would
+/// copy the document only when the long poll that began at the import ends,
+/// after the retry ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_host_through_the_api_stops_its_retrying_run() {
+    let Some(w) = world(
+        "disabling_a_host_through_the_api_stops_its_retrying_run",
+        "policy",
+    )
+    .await
+    else {
+        return;
+    };
+    let mut exec = w.start_executor(1, None);
+    let id = w.execute_action(FAILING).await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let run = w.run(&id).await;
+        if run["state"] == "retry-scheduled" && run["attempts"] == 1 {
+            break;
+        }
+        exec.check_alive();
+        assert!(
+            Instant::now() < deadline,
+            "the first attempt never failed into a retry: {run}\n{}",
+            exec.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, v) = w
+        .call(
+            "PUT",
+            &format!("/api/hosts/{HOST}"),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(s, 200, "disable: {v}");
+    let run = w.wait_state(&id, "canceled", &mut exec).await;
+    assert_eq!(run["attempts"], 1, "{run}");
+    assert_eq!(w.executions(&id), 1, "the retry never started");
+    assert!(
+        exec.log()
+            .contains("policy message: the host document is current"),
+        "{}",
+        exec.log()
+    );
 }

@@ -35,6 +35,7 @@ struct Faulty {
     spool: LocalSpool,
     fail_fetch: AtomicBool,
     fail_delete: AtomicBool,
+    fail_host_doc: AtomicBool,
     mirror_failures_left: AtomicU32,
     mirror_calls: AtomicU32,
     /// receipt handle -> run id, from the messages received.
@@ -50,6 +51,7 @@ impl Faulty {
             spool,
             fail_fetch: false.into(),
             fail_delete: false.into(),
+            fail_host_doc: false.into(),
             mirror_failures_left: 0.into(),
             mirror_calls: 0.into(),
             runs_of: Mutex::new(HashMap::new()),
@@ -112,6 +114,9 @@ impl RemoteRuns for Faulty {
     }
 
     async fn host_doc(&self, host: &HostId) -> Result<Option<serde_json::Value>> {
+        if self.fail_host_doc.load(Ordering::SeqCst) {
+            return Err(unreachable());
+        }
         RemoteRuns::host_doc(&self.store, host).await
     }
 
@@ -551,6 +556,47 @@ async fn the_host_document_follows_s3_before_runs_are_imported() {
         f.spool.get_host_doc_blocking(&f.host).unwrap(),
         Some(disabled)
     );
+}
+
+/// Writing the host document through the store sends a policy message;
+/// the intake copies the document and deletes the message. While S3 cannot
+/// be read, the message is left to come back and the local copy is kept;
+/// the copy after an empty long poll catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_message_copies_the_host_document_at_once() {
+    let Some(f) = fixture("a_policy_message_copies_the_host_document_at_once").await else {
+        return;
+    };
+    let on = serde_json::json!({"hostId": "web-1", "enabled": true});
+    f.store.put_host_doc(&f.host, on.clone()).await.unwrap();
+    assert_eq!(f.drain().await, vec![Handled::Policy]);
+    assert_eq!(
+        f.spool.get_host_doc_blocking(&f.host).unwrap(),
+        Some(on.clone())
+    );
+    assert_eq!(f.queue_depth().await, (0, 0), "the message was deleted");
+
+    let deleted = f.remote.deletes().len();
+    f.remote.fail_host_doc.store(true, Ordering::SeqCst);
+    let off = serde_json::json!({"hostId": "web-1", "enabled": false});
+    f.store.put_host_doc(&f.host, off.clone()).await.unwrap();
+    let got = f.intake.poll_once().await.unwrap();
+    assert!(matches!(got[..], [Handled::Left(_)]), "{got:?}");
+    assert_eq!(
+        f.spool.get_host_doc_blocking(&f.host).unwrap(),
+        Some(on),
+        "the local copy is kept while S3 cannot be read"
+    );
+    assert_eq!(
+        f.queue_depth().await,
+        (0, 1),
+        "left in flight, to come back"
+    );
+    assert_eq!(f.remote.deletes().len(), deleted, "nothing was deleted");
+
+    f.remote.fail_host_doc.store(false, Ordering::SeqCst);
+    assert!(f.intake.sync_host_doc().await);
+    assert_eq!(f.spool.get_host_doc_blocking(&f.host).unwrap(), Some(off));
 }
 
 /// A ready run whose message never arrived (an approve whose send failed

@@ -53,7 +53,9 @@
 //! `<prefix>-<host>-dlq` (maxReceiveCount 5). A `{"kind":"run",...}` pointer
 //! goes on it when a run becomes ready (enqueued without approval, approved,
 //! replayed into the queue); held runs are never sent. `request_drain` sends
-//! `{"kind":"drain",...}`.
+//! `{"kind":"drain",...}`; `put_host_doc` sends `{"kind":"policy",...}` after
+//! the document is stored, so the executor copies it at once (a failed send
+//! is logged: the executor also copies it after every empty long poll).
 //!
 //! # What moto (the test stand-in) lacks
 //!
@@ -131,6 +133,8 @@ pub enum HostMessage {
     Run { run_id: RunId, host_id: HostId },
     /// Drain up to `limit` due runs now.
     Drain { host_id: HostId, limit: u32 },
+    /// The host's policy document changed: copy it now.
+    Policy { host_id: HostId },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -147,6 +151,10 @@ enum Wire {
         host_id: HostId,
         limit: u32,
     },
+    Policy {
+        #[serde(rename = "hostId")]
+        host_id: HostId,
+    },
 }
 
 impl HostMessage {
@@ -155,6 +163,7 @@ impl HostMessage {
         let w = match self.clone() {
             HostMessage::Run { run_id, host_id } => Wire::Run { run_id, host_id },
             HostMessage::Drain { host_id, limit } => Wire::Drain { host_id, limit },
+            HostMessage::Policy { host_id } => Wire::Policy { host_id },
         };
         serde_json::to_string(&w).unwrap_or_default()
     }
@@ -164,6 +173,7 @@ impl HostMessage {
         match serde_json::from_str::<Wire>(body) {
             Ok(Wire::Run { run_id, host_id }) => Ok(HostMessage::Run { run_id, host_id }),
             Ok(Wire::Drain { host_id, limit }) => Ok(HostMessage::Drain { host_id, limit }),
+            Ok(Wire::Policy { host_id }) => Ok(HostMessage::Policy { host_id }),
             Err(e) => Err(format!("not a host message: {e}")),
         }
     }
@@ -890,7 +900,8 @@ impl S3SqsStore {
                     Some(b) => HostMessage::parse(b).and_then(|msg| {
                         let h = match &msg {
                             HostMessage::Run { host_id, .. }
-                            | HostMessage::Drain { host_id, .. } => host_id,
+                            | HostMessage::Drain { host_id, .. }
+                            | HostMessage::Policy { host_id } => host_id,
                         };
                         if h == host {
                             Ok(msg)
@@ -1633,7 +1644,20 @@ impl Store for S3SqsStore {
     async fn put_host_doc(&self, host: &HostId, doc: serde_json::Value) -> Result<()> {
         let bytes =
             serde_json::to_vec_pretty(&doc).map_err(|e| SpoolError::Invalid(e.to_string()))?;
-        self.put_plain(&keys::policy_key(host), bytes).await
+        self.put_plain(&keys::policy_key(host), bytes).await?;
+        // The executor copies the document whenever a receive returns
+        // messages and after every empty long poll (up to 20 s); this
+        // message makes the copy immediate, so a host disabled by an
+        // operator stops running its queued and retrying runs at once. The
+        // document is stored either way: a failed send only delays the copy.
+        let msg = HostMessage::Policy {
+            host_id: host.clone(),
+        };
+        if let Err(e) = self.send(host, &msg).await {
+            tracing::warn!(host_id = %host, error = %e,
+                "host document stored, but telling the host's executor failed: it copies the document after its current long poll (at most 20 s)");
+        }
+        Ok(())
     }
 
     /// One object per entry: a PUT that returned is durable, so `durable`

@@ -87,6 +87,18 @@ async fn pointer_messages_are_sent_exactly_when_a_run_becomes_ready() {
             limit: 7
         }]
     );
+    // A stored host document tells the host's executor to copy it.
+    s.put_host_doc(&h, serde_json::json!({"enabled": false}))
+        .await
+        .unwrap();
+    assert_eq!(
+        drain(&s, &h).await,
+        vec![HostMessage::Policy { host_id: h.clone() }]
+    );
+    assert_eq!(
+        HostMessage::parse(r#"{"kind":"policy","hostId":"web-1"}"#),
+        Ok(HostMessage::Policy { host_id: h.clone() })
+    );
     // Another host's runs go to another queue.
     let h2 = host("web-2");
     let other = s.enqueue(run(&h2, "restart")).await.unwrap().record;
