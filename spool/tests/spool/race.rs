@@ -20,9 +20,6 @@ fn claim_worker() {
         panic!("run by claim_race_between_processes only");
     };
     let dir = std::path::PathBuf::from(dir);
-    while !dir.join("go").exists() {
-        std::thread::yield_now();
-    }
     let sp = LocalSpool::open(dir.join("spool")).unwrap();
     let h = host("h");
     let mut log = std::fs::OpenOptions::new()
@@ -30,6 +27,12 @@ fn claim_worker() {
         .create(true)
         .open(out)
         .unwrap();
+    // Ready to claim: the parent says go only when every worker is, so a
+    // slow start (a loaded machine) cannot leave one worker all the runs.
+    std::fs::write(dir.join(format!("ready-{}", std::process::id())), b"").unwrap();
+    while !dir.join("go").exists() {
+        std::thread::yield_now();
+    }
     while let Some(c) = sp.claim_next_blocking(&h, &|_| false).unwrap() {
         writeln!(log, "{}", c.run_id).unwrap();
         sp.start_attempt_blocking(&c.run_id).unwrap();
@@ -71,6 +74,22 @@ fn claim_race_between_processes() {
                 .unwrap()
         })
         .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let ready = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("ready-"))
+            .count();
+        if ready == WORKERS {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {ready} of {WORKERS} workers started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     std::fs::write(dir.path().join("go"), b"").unwrap();
     for mut c in children {
         assert!(c.wait().unwrap().success());
