@@ -67,6 +67,7 @@ impl From<SpoolError> for ApiError {
                 ApiError::conflict("illegal_state", e.to_string()).with(json!({ "state": state }))
             }
             SpoolError::Busy { .. } => ApiError::conflict("run_busy", e.to_string()),
+            SpoolError::HostBusy { .. } => ApiError::conflict(e.code(), e.to_string()),
             SpoolError::Conflict { .. } => ApiError::conflict(e.code(), e.to_string()),
             SpoolError::NotClaimed { .. }
             | SpoolError::Corrupt { .. }

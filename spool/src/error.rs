@@ -23,6 +23,10 @@ pub enum SpoolError {
     },
     #[error("run {run_id} is busy: another process holds its lock")]
     Busy { run_id: String },
+    /// Another execute of the host is checking its gates (the S3 store's
+    /// per-host gate lease): nothing was written; try again shortly.
+    #[error("host {host} is busy: {what}; nothing was enqueued, try again")]
+    HostBusy { host: String, what: String },
     #[error("run {run_id} is not claimed by this process")]
     NotClaimed { run_id: String },
     #[error("record {path} is corrupt: {reason}")]
@@ -59,6 +63,7 @@ impl SpoolError {
             SpoolError::NotFound { .. } => "not_found",
             SpoolError::IllegalMove { .. } => "illegal_move",
             SpoolError::Busy { .. } => "busy",
+            SpoolError::HostBusy { .. } => "host_busy",
             SpoolError::NotClaimed { .. } => "not_claimed",
             SpoolError::Corrupt { .. } => "corrupt_record",
             SpoolError::UnsafeDir { .. } => "unsafe_spool",
@@ -73,7 +78,10 @@ impl SpoolError {
     /// after a failed fsync the page cache may already have dropped the data,
     /// so the caller must not retry blindly (the "fsyncgate" lesson).
     pub fn is_transient(&self) -> bool {
-        matches!(self, SpoolError::Busy { .. } | SpoolError::Backend(_))
+        matches!(
+            self,
+            SpoolError::Busy { .. } | SpoolError::HostBusy { .. } | SpoolError::Backend(_)
+        )
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {

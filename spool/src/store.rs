@@ -98,43 +98,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// host's requests since `since`), asks `check`, and enqueues only if it
     /// allows. The local spool does this in one blocking step under the
     /// host's lock, so two executes of one host cannot both pass a gate
-    /// that only one of them may (one active run per action). This default
-    /// gathers the facts with the other methods and is not atomic.
+    /// that only one of them may (one active run per action); the S3 store
+    /// does it under a per-host lease object. This default gathers the
+    /// facts with the other methods and is not atomic.
     async fn enqueue_checked(
         &self,
         new: NewRun,
         since: Timestamp,
         check: EnqueueCheck,
     ) -> Result<Checked> {
-        let host = new.host_id.clone();
-        let active_query = ListQuery {
-            host: Some(host.clone()),
-            buckets: Bucket::ACTIVE.to_vec(),
-            limit: 10_000,
-        };
-        let (active, all, activity, recent) = tokio::try_join!(
-            self.list(active_query),
-            self.counts(None),
-            self.host_activity(&host),
-            self.recent_requests(&host, since),
-        )?;
-        let facts = GateFacts {
-            active_run: active
-                .iter()
-                .find(|r| r.action_key == new.action_key)
-                .map(|r| r.run_id.clone()),
-            host_backlog: active
-                .iter()
-                .filter(|r| r.state != RunState::Running)
-                .count(),
-            global_backlog: all.queued + all.retry_scheduled + all.held,
-            recent,
-            activity,
-        };
-        match check(&facts) {
-            Ok(()) => self.enqueue(new).await.map(Checked::Enqueued),
-            Err(r) => Ok(Checked::Refused(r)),
-        }
+        enqueue_checked_by_parts(self, new, since, check, None).await
     }
     async fn get(&self, id: &RunId) -> Result<Option<RunRecord>>;
     /// Oldest first.
@@ -369,6 +342,58 @@ impl Store for LocalSpool {
     async fn prune(&self, retention: Retention) -> Result<PruneReport> {
         let s = self.clone();
         blocking(move || s.prune_blocking(retention)).await
+    }
+}
+
+/// The default [`Store::enqueue_checked`]: gathers the facts with the other
+/// methods, asks `check`, enqueues if it allows. Not atomic by itself; a
+/// store that serialises a host's executes some other way (the S3 store's
+/// gate lease) calls it while it holds that. With `commit_by`, nothing is
+/// enqueued once that instant has passed (the caller's hold may have
+/// lapsed): the answer is then a transient backend error.
+pub(crate) async fn enqueue_checked_by_parts<S: Store + ?Sized>(
+    store: &S,
+    new: NewRun,
+    since: Timestamp,
+    check: EnqueueCheck,
+    commit_by: Option<std::time::Instant>,
+) -> Result<Checked> {
+    let host = new.host_id.clone();
+    let active_query = ListQuery {
+        host: Some(host.clone()),
+        buckets: Bucket::ACTIVE.to_vec(),
+        limit: 10_000,
+    };
+    let (active, all, activity, recent) = tokio::try_join!(
+        store.list(active_query),
+        store.counts(None),
+        store.host_activity(&host),
+        store.recent_requests(&host, since),
+    )?;
+    let facts = GateFacts {
+        active_run: active
+            .iter()
+            .find(|r| r.action_key == new.action_key)
+            .map(|r| r.run_id.clone()),
+        host_backlog: active
+            .iter()
+            .filter(|r| r.state != RunState::Running)
+            .count(),
+        global_backlog: all.queued + all.retry_scheduled + all.held,
+        recent,
+        activity,
+    };
+    match check(&facts) {
+        Ok(()) => {
+            if commit_by.is_some_and(|t| std::time::Instant::now() > t) {
+                return Err(SpoolError::HostBusy {
+                    host: host.to_string(),
+                    what: "checking its gates took too long to enqueue safely".into(),
+                });
+            }
+            store.enqueue(new).await.map(Checked::Enqueued)
+        }
+        Err(r) => Ok(Checked::Refused(r)),
     }
 }
 

@@ -33,6 +33,12 @@ pub(crate) fn pointer_key(id: &RunId) -> String {
     format!("run-ids/{}", id.as_str())
 }
 
+/// API-only: the host's gate lease, held while an execute checks its
+/// gates and enqueues.
+pub(crate) fn gate_key(host: &HostId) -> String {
+    format!("gates/{}.lease", host.as_str())
+}
+
 pub(crate) fn activity_key(host: &HostId) -> String {
     format!("activity/{}.json", host.as_str())
 }

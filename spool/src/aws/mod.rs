@@ -13,6 +13,7 @@
 //! run-ids/<runId>                        run id -> host (API only), created first
 //! audit/<day>/<millis>-<nonce>.json      one audit entry per object (API only)
 //! activity/<host>.json                   recent dry-runs and executes (API only)
+//! gates/<host>.lease                     the host's gate lease (API only)
 //! ```
 //!
 //! Everything one executor needs is under `hosts/<host>/`, so IAM can scope
@@ -46,6 +47,22 @@
 //!   its records and re-sends the pointer of every queued, never-attempted
 //!   run (a message lost to a crash or a failed send between the commit and
 //!   the send; the executor deduplicates by run id).
+//!
+//! # Gates: one execute of a host at a time
+//!
+//! An execute (and the planner) reads what its gates need (one active run
+//! per host and action, the backlogs, the recent requests) and enqueues
+//! only if they allow. Two Lambda invocations doing that at once for one
+//! host could both see no active run and both enqueue. So
+//! [`Store::enqueue_checked`] holds the host's **gate lease** meanwhile: it
+//! creates `gates/<host>.lease` with `If-None-Match: *` (the body says
+//! until when it is good), waits with backoff while another holds it
+//! (answering `host_busy` after 10 s), and deletes it after, with `If-Match`
+//! on its own ETag. A lease whose holder died (an invocation killed at its
+//! timeout) expires after 60 s, twice the function's timeout, and is then
+//! taken over with `If-Match` on its ETag; a holder enqueues only within
+//! 20 s of taking it, so a live holder never outlasts its lease. The global
+//! backlog is still read without the other hosts' leases (a soft limit).
 //!
 //! # Queues
 //!
@@ -201,6 +218,27 @@ pub struct FetchedRun {
     pub version: u64,
     /// The raw log, to append to.
     bytes: Vec<u8>,
+}
+
+/// How long a gate lease is good for: twice the stack's function timeout
+/// (30 s), so a lease whose holder died is free again after at most this,
+/// while a live holder never loses it (it enqueues only within
+/// [`GATE_HOLD`]).
+const GATE_LEASE: Duration = Duration::from_secs(60);
+/// Longest a holder works under its lease before it gives up without
+/// enqueuing (well inside the lease, for clock skew between invocations).
+const GATE_HOLD: Duration = Duration::from_secs(20);
+/// How long an execute waits for another's lease before `host_busy`.
+const GATE_WAIT: Duration = Duration::from_secs(10);
+
+/// The body of `gates/<host>.lease`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GateLease {
+    /// A random id of the holder, for people reading the bucket.
+    holder: String,
+    /// Until when the lease is good (ms since the epoch).
+    expires_ms: i64,
 }
 
 /// What [`S3SqsStore::mirror`] did.
@@ -475,6 +513,68 @@ impl S3SqsStore {
             tokio::time::sleep,
         )
         .await
+    }
+
+    /// Takes the host's gate lease (module docs, "Gates"): returns the
+    /// instant by which the holder must have enqueued, or `HostBusy` when
+    /// another holder kept it for [`GATE_WAIT`].
+    async fn take_gate(&self, host: &HostId) -> Result<(std::time::Instant, String)> {
+        let key = keys::gate_key(host);
+        let started = std::time::Instant::now();
+        let mut tries = 0u32;
+        loop {
+            let taken_at = std::time::Instant::now();
+            let lease = GateLease {
+                holder: format!("{:016x}", rand::random::<u64>()),
+                expires_ms: millis(self.now()) + GATE_LEASE.as_millis() as i64,
+            };
+            let body =
+                serde_json::to_vec(&lease).map_err(|e| SpoolError::Invalid(e.to_string()))?;
+            if let PutOutcome::Written(etag) = self.put_conditional(&key, &body, None).await? {
+                return Ok((taken_at + GATE_HOLD, etag));
+            }
+            if let Some((held, etag)) = self.get_object(&key).await? {
+                let expired = serde_json::from_slice::<GateLease>(&held)
+                    .map_or(true, |l| l.expires_ms <= millis(self.now()));
+                if expired
+                    && let PutOutcome::Written(etag) =
+                        self.put_conditional(&key, &body, Some(&etag)).await?
+                {
+                    tracing::warn!(host_id = %host, "took over an expired gate lease (its holder died while checking an execute)");
+                    return Ok((taken_at + GATE_HOLD, etag));
+                }
+            }
+            if started.elapsed() >= GATE_WAIT {
+                return Err(SpoolError::HostBusy {
+                    host: host.to_string(),
+                    what: format!(
+                        "another execute of this host held its gate for {} s",
+                        GATE_WAIT.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(retry::backoff(tries.min(4), rand::random::<f64>())).await;
+            tries += 1;
+        }
+    }
+
+    /// Gives the host's gate lease back (only if it is still the one taken:
+    /// `If-Match` on its ETag). A failure is logged: the lease then expires.
+    async fn release_gate(&self, host: &HostId, etag: &str) {
+        let key = keys::gate_key(host);
+        let res = self
+            .inner
+            .s3
+            .delete_object()
+            .bucket(self.bucket())
+            .key(&key)
+            .if_match(etag)
+            .send()
+            .await;
+        if let Err(e) = res {
+            tracing::warn!(host_id = %host, error = %backend("delete", &key, e),
+                "could not give the gate lease back: this host's executes wait for it to expire (60 s)");
+        }
     }
 
     async fn put_plain(&self, key: &str, body: Vec<u8>) -> Result<()> {
@@ -1215,6 +1315,21 @@ fn fresh_child(src: &RunRecord, id: RunId, by: &str, now: Timestamp) -> RunRecor
 
 #[async_trait]
 impl Store for S3SqsStore {
+    /// Under the host's gate lease (module docs, "Gates").
+    async fn enqueue_checked(
+        &self,
+        new: NewRun,
+        since: Timestamp,
+        check: crate::store::EnqueueCheck,
+    ) -> Result<crate::store::Checked> {
+        let host = new.host_id.clone();
+        let (commit_by, etag) = self.take_gate(&host).await?;
+        let out =
+            crate::store::enqueue_checked_by_parts(self, new, since, check, Some(commit_by)).await;
+        self.release_gate(&host, &etag).await;
+        out
+    }
+
     async fn enqueue(&self, new: NewRun) -> Result<Enqueued> {
         let host = new.host_id.clone();
         let id = match &new.idempotency_key {

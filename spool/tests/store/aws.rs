@@ -492,3 +492,100 @@ async fn an_enqueue_whose_pointer_cannot_be_sent_fails_and_leaves_no_run() {
         .unwrap();
     assert_eq!(keys.contents().len(), 1, "no stranded record: {keys:?}");
 }
+
+/// Executes of one host through separate writers (separate Lambda
+/// invocations) at the same moment: the host's gate lease lets them check
+/// the one-active-run gate one at a time, so exactly one is enqueued and
+/// the others are refused; no lease is left behind. A lease whose holder
+/// died is taken over once it has expired; a live one makes an execute
+/// wait, then answer `host_busy` with nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn executes_of_one_host_at_once_pass_the_gates_one_at_a_time() {
+    let Some(setup) = fresh_store().await else {
+        return;
+    };
+    let h = host("gate-race");
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let lease_key = "gates/gate-race.lease";
+    let lease_exists = |s: S3SqsStore| async move {
+        s.s3_client()
+            .head_object()
+            .bucket(&s.config().bucket)
+            .key(lease_key)
+            .send()
+            .await
+            .is_ok()
+    };
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let w = store_for(setup.config().clone()).await;
+        let h = h.clone();
+        set.spawn(async move {
+            w.enqueue_checked(run(&h, "restart"), since, crate::contract::one_active())
+                .await
+        });
+    }
+    let mut enqueued = Vec::new();
+    let mut refused = 0;
+    while let Some(r) = set.join_next().await {
+        match r.unwrap().expect("no writer waits 10 s for the lease") {
+            Checked::Enqueued(e) => enqueued.push(e.record),
+            Checked::Refused(_) => refused += 1,
+        }
+    }
+    assert_eq!(
+        (enqueued.len(), refused),
+        (1, 7),
+        "one active run per action"
+    );
+    assert_eq!(setup.counts(Some(h.clone())).await.unwrap().queued, 1);
+    assert!(
+        !lease_exists(setup.clone()).await,
+        "every lease was given back"
+    );
+
+    // A lease left by a holder that died, expired: taken over.
+    setup.cancel(&enqueued[0].run_id, "done").await.unwrap();
+    let put_lease = |expires_ms: i64| {
+        setup
+            .s3_client()
+            .put_object()
+            .bucket(&setup.config().bucket)
+            .key(lease_key)
+            .body(
+                serde_json::to_vec(&serde_json::json!({"holder": "gone", "expiresMs": expires_ms}))
+                    .unwrap()
+                    .into(),
+            )
+            .send()
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    put_lease(now_ms - 1_000).await.unwrap();
+    let Checked::Enqueued(second) = setup
+        .enqueue_checked(run(&h, "restart"), since, crate::contract::one_active())
+        .await
+        .unwrap()
+    else {
+        panic!("the expired lease is taken over and the gate allows");
+    };
+    assert!(!lease_exists(setup.clone()).await);
+
+    // A live lease: the execute waits, then says the host is busy.
+    setup.cancel(&second.record.run_id, "done").await.unwrap();
+    put_lease(now_ms + 600_000).await.unwrap();
+    let err = setup
+        .enqueue_checked(run(&h, "restart"), since, crate::contract::one_active())
+        .await
+        .expect_err("the lease is held");
+    assert_eq!(err.code(), "host_busy", "{err}");
+    assert!(err.is_transient());
+    assert_eq!(
+        setup.counts(Some(h.clone())).await.unwrap().queued,
+        0,
+        "nothing written"
+    );
+    assert!(
+        lease_exists(setup.clone()).await,
+        "another's lease is left alone"
+    );
+}

@@ -469,7 +469,7 @@ pub async fn concurrent_same_key_creates_one(s: &dyn Store) {
 }
 
 /// A check that refuses when the action has an active run.
-fn one_active() -> EnqueueCheck {
+pub(crate) fn one_active() -> EnqueueCheck {
     Box::new(|f: &GateFacts| match &f.active_run {
         Some(id) => Err(Box::new(id.clone()) as Refusal),
         None => Ok(()),
