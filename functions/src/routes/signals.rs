@@ -21,8 +21,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 use remediate_config::{
-    Action, GateInput, HostPolicyDoc, RenderContext, SkipReason, approval_required,
-    autonomous_gate, canary_bucket, canary_percent, canary_selected, effective_policy,
+    Action, GateInput, RenderContext, SkipReason, approval_required, autonomous_gate,
+    canary_bucket, canary_percent, canary_selected,
 };
 use remediate_spool::{Checked, EnqueueCheck, GateFacts, HostId, IdemKey, NewRun, Refusal};
 use schemars::JsonSchema;
@@ -178,11 +178,11 @@ pub async fn report(
             ),
         )
     })?;
-    let doc = HostPolicyDoc::from_json(&doc).map_err(|e| {
-        tracing::error!(host_id = %host, error = %e, "stored host document is invalid");
-        ApiError::internal()
-    })?;
-    let eff = effective_policy(&st.loaded, &doc).map_err(|e| {
+    // As the remediate route: the cached effective policy of the stored
+    // document; a document that no longer validates (the config changed
+    // under it, or it was edited by hand) is a conflict an admin resolves
+    // with a PUT.
+    let eff = st.effective(&doc).map_err(|e| {
         ApiError::new(
             StatusCode::CONFLICT,
             "invalid_host_policy",

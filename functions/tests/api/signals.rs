@@ -461,3 +461,36 @@ async fn simultaneous_reports_queue_an_action_once() {
     let h = HostId::parse("host-a").unwrap();
     assert_eq!(api.spool.counts_blocking(Some(&h)).unwrap().queued, 1);
 }
+
+/// A stored host document that no longer validates (edited by hand, or the
+/// config changed under it) is a 409 `invalid_host_policy` on the signals
+/// route, as on the remediate route, and nothing is queued (it was a 500).
+#[tokio::test]
+async fn an_invalid_stored_host_document_is_a_conflict_not_a_crash() {
+    let api = Api::new();
+    autonomous(&api, "host-a", json!({})).await;
+    let h = HostId::parse("host-a").unwrap();
+    api.spool
+        .put_host_doc_blocking(&h, &json!({"remediationPolicyProfile": "no-such-profile"}))
+        .unwrap();
+    let (s, v) = signals(&api, "host-a", &["demo_disk"]).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("invalid_host_policy")),
+        "{v}"
+    );
+    let (s, v) = api
+        .post(
+            "/api/remediate",
+            OPS,
+            json!({"mode": "plan", "hostId": "host-a"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("invalid_host_policy")),
+        "{v}"
+    );
+    let c = api.spool.counts_blocking(Some(&h)).unwrap();
+    assert_eq!(c.queued + c.held, 0, "nothing queued");
+}
