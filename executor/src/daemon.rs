@@ -268,9 +268,13 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
             Some(joined) = inflight.join_next_with_id(), if !inflight.is_empty() => {
                 finished(&deps, &mut busy, &mut tasks, joined);
             }
-            r = async { match &watch { Some(w) => w.changed().await, None => std::future::pending().await } } => {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "inotify read failed");
+            r = async { match &watch { Some(w) => w.arrivals().await, None => std::future::pending().await } } => {
+                match r {
+                    // The spool index's own watch may not have these yet:
+                    // without this, the claim below could miss them and
+                    // the loop sleep until the next rescan.
+                    Ok(names) => deps.spool.note_arrivals(&deps.host, Dir::Queued, &names),
+                    Err(e) => tracing::warn!(error = %e, "inotify read failed"),
                 }
             }
             r = async { match &control { Some(w) => w.changed().await, None => std::future::pending().await } } => {

@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent};
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{ExecError, Result};
@@ -69,10 +69,26 @@ impl DirWatch {
     /// Waits until something arrived in the directory since the last call,
     /// and returns how many events were read (an overflow counts as one).
     pub async fn changed(&self) -> std::io::Result<usize> {
+        Ok(self.events().await?.len())
+    }
+
+    /// Like [`DirWatch::changed`], returning the names of the files the
+    /// events were about (an overflow has none: the caller still looks).
+    pub async fn arrivals(&self) -> std::io::Result<Vec<String>> {
+        Ok(self
+            .events()
+            .await?
+            .into_iter()
+            .filter_map(|e| e.name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect())
+    }
+
+    async fn events(&self) -> std::io::Result<Vec<InotifyEvent>> {
         loop {
             let mut guard = self.fd.readable().await?;
             match guard.get_inner().0.read_events() {
-                Ok(events) if !events.is_empty() => return Ok(events.len()),
+                Ok(events) if !events.is_empty() => return Ok(events),
                 Ok(_) | Err(nix::Error::EAGAIN) => guard.clear_ready(),
                 Err(e) => return Err(e.into()),
             }

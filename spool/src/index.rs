@@ -435,32 +435,55 @@ impl Index {
                         let Ok(id) = RunId::parse(&String::from_utf8_lossy(name.as_bytes())) else {
                             continue;
                         };
-                        if self.publishing.contains(&id) {
-                            continue;
-                        }
-                        let path = self
-                            .runs_dir
-                            .join(host.as_str())
-                            .join(dir.name())
-                            .join(id.as_str());
-                        let exists = path.exists();
                         let arrived = ev
                             .mask
                             .intersects(AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE);
-                        self.with_host(&host, |hi| {
-                            let known_here = hi.get(&id).is_some_and(|m| m.dir == dir);
-                            if arrived {
-                                if exists && !known_here {
-                                    let meta = read_meta(&path, dir);
-                                    hi.insert(id, meta);
-                                }
-                            } else if known_here && !exists {
-                                hi.remove(&id);
-                            }
-                        });
+                        self.apply_seen(&host, dir, id, arrived);
                     }
                 }
             }
+        }
+    }
+
+    /// Applies one change seen in `dir` of `host`: run `id` arrived there
+    /// (`arrived`) or left. Checked against the file system, so the same
+    /// change seen twice (by this index's watch and by a caller's own) is
+    /// applied once.
+    fn apply_seen(&mut self, host: &HostId, dir: Dir, id: RunId, arrived: bool) {
+        if self.publishing.contains(&id) {
+            return;
+        }
+        let path = self
+            .runs_dir
+            .join(host.as_str())
+            .join(dir.name())
+            .join(id.as_str());
+        let exists = path.exists();
+        self.with_host(host, |hi| {
+            let known_here = hi.get(&id).is_some_and(|m| m.dir == dir);
+            if arrived {
+                if exists && !known_here {
+                    let meta = read_meta(&path, dir);
+                    hi.insert(id, meta);
+                }
+            } else if known_here && !exists {
+                hi.remove(&id);
+            }
+        });
+    }
+
+    /// Runs another process put into `dir` of `host`, as a caller's own
+    /// inotify watch named them. Every inotify instance gets its events on
+    /// its own: a caller woken by its watch can query the index before the
+    /// index's instance has the event, find nothing, and sleep until its
+    /// next rescan. Applying the names it saw first closes that window.
+    /// Nothing happens before the host's first scan (which sees them).
+    pub fn arrived(&mut self, host: &HostId, dir: Dir, ids: Vec<RunId>) {
+        if !self.watched.contains(host) {
+            return;
+        }
+        for id in ids {
+            self.apply_seen(host, dir, id, true);
         }
     }
 }
@@ -472,5 +495,56 @@ fn read_meta(path: &Path, dir: Dir) -> Meta {
     {
         Some(d) => Meta::of(&d.record, dir),
         None => Meta::unreadable(dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::LocalSpool;
+    use crate::record::NewRun;
+
+    /// A run another process published, named by a caller's watch before
+    /// this index's own watch is read: `arrived` enters it at once; the
+    /// index's event for it, read later, changes nothing; a name that is not
+    /// there, or a host not scanned yet, is ignored.
+    #[test]
+    fn arrivals_named_by_another_watch_are_entered_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let other = LocalSpool::open(dir.path().join("spool")).unwrap_or_else(|e| panic!("{e}"));
+        let h = HostId::parse("web-1").unwrap_or_else(|e| panic!("{e}"));
+        other.ensure_host(&h).unwrap_or_else(|e| panic!("{e}"));
+        let mut idx = Index::new(dir.path().join("spool").join("runs"));
+        idx.sync();
+        let run = |action: &str| {
+            other
+                .enqueue_blocking(NewRun::new(h.clone(), action, "test"))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .record
+                .run_id
+        };
+        let id = run("restart");
+        let missing = RunId::generate();
+        idx.arrived(&h, Dir::Queued, vec![id.clone(), missing.clone()]);
+        let hi = &idx.hosts()[&h];
+        assert_eq!(hi.get(&id).map(|m| m.dir), Some(Dir::Queued));
+        assert!(hi.get(&missing).is_none(), "no file, no entry");
+        assert_eq!(idx.waiting(), 1);
+        idx.sync();
+        assert_eq!(
+            idx.waiting(),
+            1,
+            "its own event for the run changes nothing"
+        );
+
+        let unscanned = HostId::parse("web-2").unwrap_or_else(|e| panic!("{e}"));
+        other
+            .ensure_host(&unscanned)
+            .unwrap_or_else(|e| panic!("{e}"));
+        idx.arrived(&unscanned, Dir::Queued, vec![RunId::generate()]);
+        assert!(
+            !idx.hosts().contains_key(&unscanned),
+            "left to its first scan"
+        );
     }
 }

@@ -836,6 +836,19 @@ impl LocalSpool {
         }
     }
 
+    /// Tells the index about runs another process just put into `dir` of
+    /// `host`, named by the caller's own inotify watch on that directory (the
+    /// executor's wake-up watch on `queued/`): the index's own watch may get
+    /// the same events a moment later, and a claim in between would miss the
+    /// run until the next rescan. Names that are not run ids are ignored;
+    /// each run is read from its file, as the index's watch would.
+    pub fn note_arrivals(&self, host: &HostId, dir: Dir, names: &[String]) {
+        let ids: Vec<RunId> = names.iter().filter_map(|n| RunId::parse(n).ok()).collect();
+        if !ids.is_empty() {
+            lock(&self.inner.index).arrived(host, dir, ids);
+        }
+    }
+
     /// Async form of [`LocalSpool::import_blocking`] (runs on the blocking
     /// pool).
     pub async fn import(&self, host: &HostId, record: RunRecord) -> Result<ImportOutcome> {
