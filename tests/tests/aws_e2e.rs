@@ -518,20 +518,8 @@ async fn disabling_a_host_through_the_api_stops_its_retrying_run() {
     };
     let mut exec = w.start_executor(1, None);
     let id = w.execute_action(FAILING).await;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let run = w.run(&id).await;
-        if run["state"] == "retry-scheduled" && run["attempts"] == 1 {
-            break;
-        }
-        exec.check_alive();
-        assert!(
-            Instant::now() < deadline,
-            "the first attempt never failed into a retry: {run}\n{}",
-            exec.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let run = w.wait_state(&id, "retry-scheduled", &mut exec).await;
+    assert_eq!(run["attempts"], 1, "the first attempt failed: {run}");
     let (s, v) = w
         .call(
             "PUT",
