@@ -5,13 +5,18 @@
 //! disabled, expired, approval pending, guard) happens before
 //! `start_attempt`, and `start_attempt` is durable before any command runs
 //! (spool rule 5), so a crash at any point is classified correctly by
-//! recovery.
+//! recovery. A run readied ahead (its attempt started while another run's
+//! commands ran) that waited for the command slot longer than
+//! [`RECHECK_AFTER`] checks the host's switch and the guard again before
+//! its commands start.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use remediate_spool::{
     AttemptResult, CommandOutput, LocalSpool, Phase, RunId, RunRecord, Store, Timestamp,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::error::Result;
@@ -67,15 +72,46 @@ pub struct Ctx {
     /// Told when a run is dead-lettered or goes back to wait for approval.
     pub notifier: Option<Notifier>,
     /// Told the moment a run's commands are over (before its outcome is
-    /// recorded), so the daemon can start the next run while this one's
-    /// outcome is made durable.
-    pub commands_over: Option<tokio::sync::mpsc::UnboundedSender<RunId>>,
+    /// recorded), with how long they took, so the daemon can start the next
+    /// run while this one's outcome is made durable.
+    pub commands_over: Option<tokio::sync::mpsc::UnboundedSender<(RunId, Duration)>>,
+}
+
+/// When a claimed run's commands may start.
+#[derive(Debug)]
+pub enum Turn {
+    /// As soon as its attempt has started: nothing to share, or the command
+    /// slot taken for it when it was claimed (and held until its commands
+    /// are over).
+    Now(Option<OwnedSemaphorePermit>),
+    /// Readied ahead: the daemon (at concurrency 1) claimed it while a quick
+    /// action's commands ran, so its checks and its durable "attempt
+    /// started" overlap them; its commands wait for the command slot.
+    Ahead(Arc<Semaphore>),
+}
+
+/// A run readied ahead (its attempt started while another run's commands
+/// ran) that waited longer than this for the command slot looks again at
+/// what may have changed meanwhile: its host's switch and the guard.
+pub const RECHECK_AFTER: Duration = Duration::from_millis(20);
+
+/// The result recorded for a readied run that did not launch.
+fn not_launched(why: String) -> AttemptResult {
+    AttemptResult {
+        error: Some(why),
+        ..AttemptResult::default()
+    }
 }
 
 /// Processes one run this process has claimed. On a spool error the claim
 /// is released (the file stays in `running/`, unlocked) so recovery settles
 /// it; nothing is retried blindly.
-pub async fn process_claimed(ctx: &Ctx, run: RunRecord, kill: KillSwitch) -> Result<RunEnd> {
+pub async fn process_claimed(
+    ctx: &Ctx,
+    run: RunRecord,
+    turn: Turn,
+    kill: KillSwitch,
+) -> Result<RunEnd> {
     let span = tracing::info_span!(
         "run",
         run_id = %run.run_id,
@@ -84,7 +120,7 @@ pub async fn process_claimed(ctx: &Ctx, run: RunRecord, kill: KillSwitch) -> Res
         attempt = run.attempts + 1,
     );
     let id = run.run_id.clone();
-    let res = process(ctx, run, kill).instrument(span.clone()).await;
+    let res = process(ctx, run, turn, kill).instrument(span.clone()).await;
     match res {
         Ok((end, rec)) => {
             span.in_scope(|| tracing::info!(end = %end.label(), "run processed"));
@@ -116,7 +152,7 @@ pub async fn process_claimed(ctx: &Ctx, run: RunRecord, kill: KillSwitch) -> Res
 /// one to notify about.
 type Processed = (RunEnd, Option<RunRecord>);
 
-async fn process(ctx: &Ctx, run: RunRecord, kill: KillSwitch) -> Result<Processed> {
+async fn process(ctx: &Ctx, run: RunRecord, turn: Turn, kill: KillSwitch) -> Result<Processed> {
     let store: &dyn Store = &ctx.spool;
     let id = run.run_id.clone();
     let now = ctx.spool.now();
@@ -152,16 +188,55 @@ async fn process(ctx: &Ctx, run: RunRecord, kill: KillSwitch) -> Result<Processe
         }
     };
 
-    // Rule 5: durable before anything runs.
+    // Rule 5: durable before anything runs. The start is written inline:
+    // on this runtime's one thread that is the quickest way to the disk,
+    // also for a run readied ahead (a blocking-pool thread woken now would
+    // often wait for the core of the command it overlaps).
     let started = ctx.spool.start_attempt_blocking(&id)?;
+    let mut prepared = prepared;
+    let slot = match turn {
+        Turn::Now(permit) => permit,
+        Turn::Ahead(sem) => {
+            let parked = Instant::now();
+            let permit = sem.acquire_owned().await.ok();
+            if parked.elapsed() > RECHECK_AFTER {
+                // Waited long enough for an operator to have switched the
+                // host off or changed its policy: the run does not launch
+                // against either. Its attempt started, so it ends as a
+                // dead letter an operator can replay.
+                if !ctx.planner.host_enabled(&started.host_id)? {
+                    let why = "not launched: the host was disabled while the run waited for the command slot";
+                    tracing::warn!("{why}");
+                    let rec = store
+                        .dead_letter(&id, HOST_DISABLED, Some(not_launched(why.into())))
+                        .await?;
+                    return Ok((RunEnd::DeadLettered(HOST_DISABLED.into()), Some(rec)));
+                }
+                match ctx.planner.prepare(&started, started.attempts)? {
+                    Ok(p) => prepared = p,
+                    Err(Refusal::PolicyBlocked(why)) => {
+                        tracing::warn!(reason = %why, "not launched: the guard refuses the run under the policy now in force");
+                        let reason = outcome::reason::POLICY_BLOCKED;
+                        let rec = store
+                            .dead_letter(&id, reason, Some(not_launched(why)))
+                            .await?;
+                        return Ok((RunEnd::DeadLettered(reason.into()), Some(rec)));
+                    }
+                }
+            }
+            permit
+        }
+    };
+    let t = Instant::now();
     let (result, summary) = execute(&prepared, &id, started.attempts, kill).await;
-    // No command of this run is running any more: the next run of its
-    // action may start while this outcome is written (the two fsyncs then
-    // overlap). A crash before the outcome is durable leaves this attempt
-    // started and unfinished, which recovery settles as interrupted, as it
-    // would a crash just after the command exited.
+    // No command of this run is running any more: the next run may start
+    // while this outcome is written (the two fsyncs then overlap). A crash
+    // before the outcome is durable leaves this attempt started and
+    // unfinished, which recovery settles as interrupted, as it would a
+    // crash just after the command exited.
+    drop(slot);
     if let Some(tx) = &ctx.commands_over {
-        let _ = tx.send(id.clone());
+        let _ = tx.send((id.clone(), t.elapsed()));
     }
 
     let now = ctx.spool.now();

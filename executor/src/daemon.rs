@@ -1,8 +1,9 @@
 //! The claim loop of one host: recovery at start and every minute (beside
 //! the loop, never delaying a pickup), pickup woken by inotify and by a
 //! timer for the earliest due run (a slow rescan only as a safety net),
-//! bounded concurrency with one active run per action, backoff after store
-//! errors, and a two-stage shutdown.
+//! bounded concurrency with one active run per action (at concurrency 1,
+//! one run readied ahead behind a quick one: see [`Turn::Ahead`]),
+//! backoff after store errors, and a two-stage shutdown.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,11 +15,18 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::attempt::{Ctx, RunEnd, process_claimed};
+use crate::attempt::{Ctx, RunEnd, Turn, process_claimed};
 use crate::error::Result;
 use crate::notify::{Notice, NoticeKind, Notifier};
 use crate::plan::Planner;
 use crate::watch::DirWatch;
+
+/// At concurrency 1, the next run is readied (claimed, checked, its
+/// attempt started) while the running one's commands run only if that
+/// action's commands took less than this last time: a readied run shows as
+/// running, and a crash while it waits leaves it interrupted, so it should
+/// wait for milliseconds, not minutes.
+const READY_AHEAD_UNDER: Duration = Duration::from_millis(50);
 
 /// The daemon's knobs (the seed's `OPS_WORKER_*` keep their meaning).
 #[derive(Debug, Clone)]
@@ -183,7 +191,11 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
     );
 
     let (kill_tx, kill_rx) = watch::channel(false);
-    let (over_tx, mut over_rx) = mpsc::unbounded_channel::<RunId>();
+    let (over_tx, mut over_rx) = mpsc::unbounded_channel::<(RunId, Duration)>();
+    // At concurrency 1 the daemon readies one run ahead (see `Turn::Ahead`)
+    // while the running one's commands are quick; the command slot makes
+    // its commands wait.
+    let slot = (concurrency == 1).then(|| Arc::new(tokio::sync::Semaphore::new(1)));
     let ctx = Ctx {
         commands_over: Some(over_tx),
         ..deps.ctx()
@@ -194,6 +206,8 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
     // the concurrency limit and the one-run-per-action rule count. A run
     // leaves it when its commands are over, before its outcome is recorded.
     let mut busy: HashMap<RunId, String> = HashMap::new();
+    // Actions whose last commands took less than `READY_AHEAD_UNDER`.
+    let mut quick: HashMap<String, bool> = HashMap::new();
     let mut tasks: HashMap<tokio::task::Id, RunId> = HashMap::new();
     let mut error_backoff: Option<Duration> = None;
     let mut next_recovery = Instant::now() + s.recovery_interval;
@@ -205,19 +219,41 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
         let mut taken = 0;
         let mut store_error = false;
         let limit = drain_limit.max(boost.take().unwrap_or(0));
-        while busy.len() < concurrency && taken < limit {
+        while taken < limit {
+            // One run more than the slots while every running one is of an
+            // action whose commands were quick last time: its start is then
+            // written while they run, and it waits for the slot (so it may
+            // be of the same action: its commands still start only after).
+            let readying = slot.is_some()
+                && busy.len() == concurrency
+                && busy.values().all(|a| quick.get(a) == Some(&true));
+            if busy.len() >= concurrency + usize::from(readying) {
+                break;
+            }
             match deps
                 .spool
-                .claim_next_blocking(&deps.host, &|a| busy.values().any(|b| b == a))
+                .claim_next_blocking(&deps.host, &|a| !readying && busy.values().any(|b| b == a))
             {
                 Ok(Some(run)) => {
                     taken += 1;
                     busy.insert(run.run_id.clone(), run.action_key.clone());
+                    // The slot is taken here, in claim order, for a run
+                    // that is not readied ahead: a readied run claimed
+                    // after it cannot overtake it, whichever task runs
+                    // first.
+                    let turn = match &slot {
+                        None => Turn::Now(None),
+                        Some(sem) if readying => Turn::Ahead(sem.clone()),
+                        Some(sem) => match sem.clone().try_acquire_owned() {
+                            Ok(permit) => Turn::Now(Some(permit)),
+                            Err(_) => Turn::Ahead(sem.clone()),
+                        },
+                    };
                     let (ctx, kill) = (ctx.clone(), kill_rx.clone());
                     let id = run.run_id.clone();
                     let handle = inflight.spawn(async move {
                         let id = run.run_id.clone();
-                        (id, process_claimed(&ctx, run, kill).await)
+                        (id, process_claimed(&ctx, run, turn, kill).await)
                     });
                     tasks.insert(handle.id(), id);
                 }
@@ -262,8 +298,10 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            Some(id) = over_rx.recv() => {
-                busy.remove(&id);
+            Some((id, took)) = over_rx.recv() => {
+                if let Some(action) = busy.remove(&id) {
+                    quick.insert(action, took < READY_AHEAD_UNDER);
+                }
             }
             Some(joined) = inflight.join_next_with_id(), if !inflight.is_empty() => {
                 finished(&deps, &mut busy, &mut tasks, joined);
@@ -324,7 +362,7 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
                     Some(j) => finished(&deps, &mut busy, &mut tasks, j),
                     None => break,
                 },
-                Some(id) = over_rx.recv() => {
+                Some((id, _)) = over_rx.recv() => {
                     busy.remove(&id);
                 }
                 _ = &mut grace, if !*kill_rx.borrow() => {
@@ -447,7 +485,7 @@ pub async fn drain_once(deps: &Deps, limit: usize, kill: watch::Receiver<bool>) 
             }
         };
         let id = run.run_id.clone();
-        match process_claimed(&ctx, run, kill.clone()).await {
+        match process_claimed(&ctx, run, Turn::Now(None), kill.clone()).await {
             Ok(end) => {
                 if let Some(tx) = &deps.events {
                     let _ = tx.send((id.clone(), end.clone()));

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use remediate_executor::RunEnd;
-use remediate_spool::RunState;
+use remediate_spool::{RunId, RunState};
 
 use crate::util::*;
 
@@ -195,5 +195,159 @@ async fn runs_left_by_a_dead_executor_are_settled_by_the_recovery_at_start() {
     assert_eq!(r.state, RunState::Dlq);
     assert_eq!(r.dlq_reason.as_deref(), Some("interrupted"));
     assert_eq!(env.count_lines("ran", &interrupted), 0);
+    d.shutdown().await;
+}
+
+/// An action whose command waits while `<scratch>/hold` exists: quick
+/// without it, as long as a test likes with it.
+fn gated(env: &Env) {
+    let s = env.scratch();
+    let s = s.display();
+    env.planner.action(
+        "gated",
+        remediate_executor::StaticAction {
+            commands: vec![sh(&format!(
+                "touch {s}/started.{{run_id}}; while [ -e {s}/hold ]; do sleep 0.01; done; echo ran >> {s}/ran.{{run_id}}"
+            ))],
+            ..Default::default()
+        },
+    );
+}
+
+/// With a quick run of `gated` behind it (so the daemon knows the action
+/// to be quick), `second` runs held and `third` is queued behind it; waits
+/// until the daemon has readied `third`: its attempt started, its command
+/// not.
+async fn ready_one_ahead(env: &Env, d: &mut Daemon) -> (RunId, RunId) {
+    gated(env);
+    let first = env.enqueue(env.new_run("gated"));
+    assert_eq!(d.next_event().await, (first, RunEnd::Succeeded));
+    let hold = env.scratch().join("hold");
+    std::fs::write(&hold, b"").expect("hold");
+    let second = env.enqueue(env.new_run("gated"));
+    wait_for_file(&env.marker("started", &second)).await;
+    let third = env.enqueue(env.new_run("gated"));
+    let mut r = env.get(&third);
+    for _ in 0..2400 {
+        if r.open_attempt().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        r = env.get(&third);
+    }
+    assert!(r.open_attempt().is_some(), "never readied: {r:?}");
+    assert_eq!(r.state, RunState::Running);
+    // One command slot: the readied run of the same action waits for it.
+    assert!(
+        !env.marker("started", &third).exists(),
+        "the third run's command started while the second's ran"
+    );
+    assert_eq!(env.get(&second).state, RunState::Running);
+    (second, third)
+}
+
+#[tokio::test]
+async fn the_next_run_is_readied_while_a_quick_action_runs_and_waits_its_turn() {
+    let env = Env::new();
+    let mut d = Daemon::start(&env, no_rescan());
+    let (second, third) = ready_one_ahead(&env, &mut d).await;
+    std::fs::remove_file(env.scratch().join("hold")).expect("release");
+    assert_eq!(d.next_event().await, (second.clone(), RunEnd::Succeeded));
+    assert_eq!(d.next_event().await, (third.clone(), RunEnd::Succeeded));
+    d.shutdown().await;
+    for id in [&second, &third] {
+        assert_eq!(env.count_lines("ran", id), 1);
+        assert_eq!(env.get(id).attempts, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_readied_run_does_not_launch_on_a_host_disabled_while_it_waited() {
+    let env = Env::new();
+    let mut d = Daemon::start(&env, no_rescan());
+    let (second, third) = ready_one_ahead(&env, &mut d).await;
+    env.planner.set_host_enabled(env.host.as_str(), false);
+    std::fs::remove_file(env.scratch().join("hold")).expect("release");
+    // The running command finishes; the readied one never starts.
+    assert_eq!(d.next_event().await, (second.clone(), RunEnd::Succeeded));
+    assert_eq!(
+        d.next_event().await,
+        (third.clone(), RunEnd::DeadLettered("host_disabled".into()))
+    );
+    d.shutdown().await;
+    assert!(!env.marker("started", &third).exists());
+    let r = env.get(&third);
+    assert_eq!(r.state, RunState::Dlq);
+    assert_eq!(r.dlq_reason.as_deref(), Some("host_disabled"));
+    assert!(r.open_attempt().is_none());
+    let why = r.history[0].result.error.clone().unwrap_or_default();
+    assert!(why.starts_with("not launched"), "{why}");
+}
+
+#[tokio::test]
+async fn a_readied_run_does_not_launch_when_the_guard_now_refuses_it() {
+    let env = Env::new();
+    let mut d = Daemon::start(&env, no_rescan());
+    let (second, third) = ready_one_ahead(&env, &mut d).await;
+    env.planner.set_blocked("gated", true);
+    std::fs::remove_file(env.scratch().join("hold")).expect("release");
+    assert_eq!(d.next_event().await, (second.clone(), RunEnd::Succeeded));
+    assert_eq!(
+        d.next_event().await,
+        (third.clone(), RunEnd::DeadLettered("policy_blocked".into()))
+    );
+    d.shutdown().await;
+    assert!(!env.marker("started", &third).exists());
+    assert_eq!(
+        env.get(&third).dlq_reason.as_deref(),
+        Some("policy_blocked")
+    );
+}
+
+#[tokio::test]
+async fn shutdown_runs_a_readied_run_within_grace() {
+    let env = Env::new();
+    let mut d = Daemon::start(&env, no_rescan());
+    let (second, third) = ready_one_ahead(&env, &mut d).await;
+    let Daemon {
+        stop, task, events, ..
+    } = d;
+    if let Some(s) = stop {
+        let _ = s.send(());
+    }
+    // Stopping: no new claims, but the readied run's attempt has started,
+    // so it runs once the slot is free (within the grace period).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::remove_file(env.scratch().join("hold")).expect("release");
+    let stopped = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("stopped within a minute")
+        .expect("join")
+        .expect("daemon ok");
+    drop(events);
+    assert_eq!(stopped.interrupted, 0);
+    for id in [&second, &third] {
+        assert_eq!(env.get(id).state, RunState::Succeeded);
+        assert_eq!(env.count_lines("ran", id), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_run_is_not_readied_behind_an_action_not_known_to_be_quick() {
+    let env = Env::new();
+    gated(&env);
+    let mut d = Daemon::start(&env, no_rescan());
+    std::fs::write(env.scratch().join("hold"), b"").expect("hold");
+    // No quick run of `gated` yet: the daemon does not know how long its
+    // commands take, so nothing is readied behind it.
+    let first = env.enqueue(env.new_run("gated"));
+    wait_for_file(&env.marker("started", &first)).await;
+    let second = env.enqueue(env.new_run("gated"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = env.get(&second);
+    assert_eq!(r.state, RunState::Queued, "{r:?}");
+    std::fs::remove_file(env.scratch().join("hold")).expect("release");
+    assert_eq!(d.next_event().await, (first, RunEnd::Succeeded));
+    assert_eq!(d.next_event().await, (second, RunEnd::Succeeded));
     d.shutdown().await;
 }
