@@ -96,12 +96,18 @@ bench-executor: ## Executor benchmarks (release): pickup latency, /usr/bin/true 
 
 # The crash soak drives the real binary, so build it first (the tests crate
 # finds it beside its own test binaries). SOAK_SEED=<n> replays a schedule.
+# The long soak runs release builds: a debug executor needs 0.5-1 s from
+# start to its first claim once a few thousand records lie in the spool,
+# so most of its lives would end (50-500 ms) before they claim anything
+# and the soak would crawl (a 2,000-run debug soak took 1,000 s and
+# another stalled; release takes about a minute).
 SOAK_RUNS ?= 2000
-soak: ## Crash soak: SOAK_RUNS (2000) runs, the executor SIGKILLed every 50-500 ms until all are terminal
-	$(CARGO) build --locked -p remediate-executor
-	SOAK_RUNS=$(SOAK_RUNS) $(CARGO) test --locked -p remediate-tests --test soak -- --nocapture
+soak: ## Crash soak: SOAK_RUNS (2000) runs, the executor SIGKILLed every 50-500 ms until all are terminal (release build)
+	$(CARGO) build --release --locked -p remediate-executor
+	SOAK_RUNS=$(SOAK_RUNS) $(CARGO) test --release --locked -p remediate-tests --test soak -- --nocapture
 
-soak-ci: ## The crash soak at CI size (300 runs, under a minute)
-	$(MAKE) soak SOAK_RUNS=300
+soak-ci: ## The crash soak at CI size (300 runs, debug build, under a minute)
+	$(CARGO) build --locked -p remediate-executor
+	SOAK_RUNS=300 $(CARGO) test --locked -p remediate-tests --test soak -- --nocapture
 
 .DEFAULT_GOAL := $(executor_mk_default_goal)
