@@ -218,7 +218,11 @@ async fn process(ctx: &Ctx, run: RunRecord, turn: Turn, kill: KillSwitch) -> Res
                         tracing::warn!(reason = %why, "not launched: the guard refuses the run under the policy now in force");
                         let reason = outcome::reason::POLICY_BLOCKED;
                         let rec = store
-                            .dead_letter(&id, reason, Some(not_launched(why)))
+                            .dead_letter(
+                                &id,
+                                reason,
+                                Some(not_launched(format!("not launched: {why}"))),
+                            )
                             .await?;
                         return Ok((RunEnd::DeadLettered(reason.into()), Some(rec)));
                     }

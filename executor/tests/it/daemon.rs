@@ -261,47 +261,47 @@ async fn the_next_run_is_readied_while_a_quick_action_runs_and_waits_its_turn() 
     }
 }
 
-#[tokio::test]
-async fn a_readied_run_does_not_launch_on_a_host_disabled_while_it_waited() {
+/// Readies a run, applies `refuse` while it waits, lets the running one
+/// finish: the readied run must end in the DLQ with `reason`, its command
+/// never started, its attempt closed as "not launched".
+async fn refused_while_readied(refuse: impl FnOnce(&Env), reason: &str) {
     let env = Env::new();
     let mut d = Daemon::start(&env, no_rescan());
     let (second, third) = ready_one_ahead(&env, &mut d).await;
-    env.planner.set_host_enabled(env.host.as_str(), false);
+    refuse(&env);
     std::fs::remove_file(env.scratch().join("hold")).expect("release");
     // The running command finishes; the readied one never starts.
     assert_eq!(d.next_event().await, (second.clone(), RunEnd::Succeeded));
     assert_eq!(
         d.next_event().await,
-        (third.clone(), RunEnd::DeadLettered("host_disabled".into()))
+        (third.clone(), RunEnd::DeadLettered(reason.into()))
     );
     d.shutdown().await;
     assert!(!env.marker("started", &third).exists());
     let r = env.get(&third);
     assert_eq!(r.state, RunState::Dlq);
-    assert_eq!(r.dlq_reason.as_deref(), Some("host_disabled"));
+    assert_eq!(r.dlq_reason.as_deref(), Some(reason));
     assert!(r.open_attempt().is_none());
     let why = r.history[0].result.error.clone().unwrap_or_default();
     assert!(why.starts_with("not launched"), "{why}");
 }
 
 #[tokio::test]
+async fn a_readied_run_does_not_launch_on_a_host_disabled_while_it_waited() {
+    refused_while_readied(
+        |env| env.planner.set_host_enabled(env.host.as_str(), false),
+        "host_disabled",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_readied_run_does_not_launch_when_the_guard_now_refuses_it() {
-    let env = Env::new();
-    let mut d = Daemon::start(&env, no_rescan());
-    let (second, third) = ready_one_ahead(&env, &mut d).await;
-    env.planner.set_blocked("gated", true);
-    std::fs::remove_file(env.scratch().join("hold")).expect("release");
-    assert_eq!(d.next_event().await, (second.clone(), RunEnd::Succeeded));
-    assert_eq!(
-        d.next_event().await,
-        (third.clone(), RunEnd::DeadLettered("policy_blocked".into()))
-    );
-    d.shutdown().await;
-    assert!(!env.marker("started", &third).exists());
-    assert_eq!(
-        env.get(&third).dlq_reason.as_deref(),
-        Some("policy_blocked")
-    );
+    refused_while_readied(
+        |env| env.planner.set_blocked("gated", true),
+        "policy_blocked",
+    )
+    .await;
 }
 
 #[tokio::test]
