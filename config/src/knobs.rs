@@ -425,7 +425,7 @@ pub static KNOBS: &[Knob] = &[
         "concurrency",
         int(1, 64),
         KnobDefault::Int(1),
-        "Runs the executor executes at the same time."
+        "Runs the executor executes at the same time (at 1, it may ready one more run behind a quick one: see the README's executor section)."
     ),
     knob!(
         Executor,
