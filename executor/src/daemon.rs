@@ -21,13 +21,6 @@ use crate::notify::{Notice, NoticeKind, Notifier};
 use crate::plan::Planner;
 use crate::watch::DirWatch;
 
-/// At concurrency 1, the next run is readied (claimed, checked, its
-/// attempt started) while the running one's commands run only if that
-/// action's commands took less than this last time: a readied run shows as
-/// running, and a crash while it waits leaves it interrupted, so it should
-/// wait for milliseconds, not minutes.
-const READY_AHEAD_UNDER: Duration = Duration::from_millis(50);
-
 /// The daemon's knobs (the seed's `OPS_WORKER_*` keep their meaning).
 #[derive(Debug, Clone)]
 pub struct DaemonSettings {
@@ -48,6 +41,12 @@ pub struct DaemonSettings {
     /// Retention of done/ and dlq/, applied every `prune_interval`.
     pub retention: Option<Retention>,
     pub prune_interval: Duration,
+    /// At concurrency 1, the next run is readied (claimed, checked, its
+    /// attempt started) while the running one's commands run only if that
+    /// action's commands took less than this last time: a readied run shows
+    /// as running, and a crash while it waits leaves it interrupted, so it
+    /// should wait for milliseconds, not minutes. Zero: never.
+    pub ready_ahead_under: Duration,
 }
 
 impl Default for DaemonSettings {
@@ -62,6 +61,7 @@ impl Default for DaemonSettings {
             recovery_interval: Duration::from_secs(60),
             retention: None,
             prune_interval: Duration::from_secs(3600),
+            ready_ahead_under: Duration::from_millis(50),
         }
     }
 }
@@ -206,7 +206,7 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
     // the concurrency limit and the one-run-per-action rule count. A run
     // leaves it when its commands are over, before its outcome is recorded.
     let mut busy: HashMap<RunId, String> = HashMap::new();
-    // Actions whose last commands took less than `READY_AHEAD_UNDER`.
+    // Actions whose last commands took less than `ready_ahead_under`.
     let mut quick: HashMap<String, bool> = HashMap::new();
     let mut tasks: HashMap<tokio::task::Id, RunId> = HashMap::new();
     let mut error_backoff: Option<Duration> = None;
@@ -300,7 +300,7 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
             _ = &mut shutdown => break,
             Some((id, took)) = over_rx.recv() => {
                 if let Some(action) = busy.remove(&id) {
-                    quick.insert(action, took < READY_AHEAD_UNDER);
+                    quick.insert(action, took < s.ready_ahead_under);
                 }
             }
             Some(joined) = inflight.join_next_with_id(), if !inflight.is_empty() => {

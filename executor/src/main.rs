@@ -254,6 +254,7 @@ fn deps(s: &Setup) -> anyhow::Result<(Deps, Option<notify::Sender>)> {
                 ..Retention::default()
             }),
             prune_interval: Duration::from_secs(3600),
+            ..DaemonSettings::default()
         },
         events: None,
         notifier,
