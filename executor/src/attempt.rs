@@ -95,14 +95,6 @@ pub enum Turn {
 /// what may have changed meanwhile: its host's switch and the guard.
 pub const RECHECK_AFTER: Duration = Duration::from_millis(20);
 
-/// The result recorded for a readied run that did not launch.
-fn not_launched(why: String) -> AttemptResult {
-    AttemptResult {
-        error: Some(why),
-        ..AttemptResult::default()
-    }
-}
-
 /// Processes one run this process has claimed. On a spool error the claim
 /// is released (the file stays in `running/`, unlocked) so recovery settles
 /// it; nothing is retried blindly.
@@ -204,28 +196,31 @@ async fn process(ctx: &Ctx, run: RunRecord, turn: Turn, kill: KillSwitch) -> Res
                 // host off or changed its policy: the run does not launch
                 // against either. Its attempt started, so it ends as a
                 // dead letter an operator can replay.
-                if !ctx.planner.host_enabled(&started.host_id)? {
-                    let why = "not launched: the host was disabled while the run waited for the command slot";
-                    tracing::warn!("{why}");
-                    let rec = store
-                        .dead_letter(&id, HOST_DISABLED, Some(not_launched(why.into())))
-                        .await?;
-                    return Ok((RunEnd::DeadLettered(HOST_DISABLED.into()), Some(rec)));
-                }
-                match ctx.planner.prepare(&started, started.attempts)? {
-                    Ok(p) => prepared = p,
-                    Err(Refusal::PolicyBlocked(why)) => {
-                        tracing::warn!(reason = %why, "not launched: the guard refuses the run under the policy now in force");
-                        let reason = outcome::reason::POLICY_BLOCKED;
-                        let rec = store
-                            .dead_letter(
-                                &id,
-                                reason,
-                                Some(not_launched(format!("not launched: {why}"))),
-                            )
-                            .await?;
-                        return Ok((RunEnd::DeadLettered(reason.into()), Some(rec)));
+                let refused = if !ctx.planner.host_enabled(&started.host_id)? {
+                    Some((
+                        HOST_DISABLED,
+                        "the host was disabled while the run waited for the command slot"
+                            .to_string(),
+                    ))
+                } else {
+                    match ctx.planner.prepare(&started, started.attempts)? {
+                        Ok(p) => {
+                            prepared = p;
+                            None
+                        }
+                        Err(Refusal::PolicyBlocked(why)) => {
+                            Some((outcome::reason::POLICY_BLOCKED, why))
+                        }
                     }
+                };
+                if let Some((reason, why)) = refused {
+                    tracing::warn!(reason, why = %why, "not launched");
+                    let result = AttemptResult {
+                        error: Some(format!("not launched: {why}")),
+                        ..AttemptResult::default()
+                    };
+                    let rec = store.dead_letter(&id, reason, Some(result)).await?;
+                    return Ok((RunEnd::DeadLettered(reason.into()), Some(rec)));
                 }
             }
             permit
