@@ -47,6 +47,10 @@ sha256 = "$hash"
 EOF
 
 # Port 0: the kernel picks a free port and the server prints its address.
+# The files exist before the server starts: its shell opens them only once it
+# runs, and the loop below may read first.
+: > "$work/server.out"
+: > "$work/server.err"
 VPS_REMEDIATE_CATALOG=demo RUST_LOG=${RUST_LOG:-warn} "$BIN" serve \
     --listen 127.0.0.1:0 \
     --spool "$work/spool" \
