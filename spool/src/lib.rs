@@ -12,6 +12,7 @@
 //!
 //! ```text
 //! <root>/hosts/<hostId>.json        host policy (written by the API)
+//! <root>/hosts/<hostId>.activity.log  dry-runs and executes, one line each, appended
 //! <root>/runs/<hostId>/tmp/         being written; never read by anyone else
 //! <root>/runs/<hostId>/queued/      ready, or waiting for nextAttemptAt
 //! <root>/runs/<hostId>/held/        waiting for an operator
@@ -92,8 +93,8 @@ pub use error::{Result, SpoolError};
 pub use id::{HostId, IdemKey, RunId};
 pub use index::Bucket;
 pub use local::{
-    ActivityEntry, ActivityKind, Counts, Dir, Enqueued, HostActivity, ImportOutcome, ListQuery,
-    LocalSpool, PruneReport, RecoveryReport, Retention, SpoolOptions,
+    ACTIVITY_COMPACT_AT, ActivityEntry, ActivityKind, Counts, Dir, Enqueued, HostActivity,
+    ImportOutcome, ListQuery, LocalSpool, PruneReport, RecoveryReport, Retention, SpoolOptions,
 };
 pub use record::{
     Approval, ApprovalStatus, Attempt, AttemptResult, Canary, CommandOutput, NewRun, Phase,

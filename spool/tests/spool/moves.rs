@@ -621,6 +621,124 @@ fn host_activity_keeps_latest_dry_run_and_recent_executes() {
     );
 }
 
+/// The activity log of `h` in the spool of `ts`.
+fn activity_log(ts: &TempSpool, h: &HostId) -> std::path::PathBuf {
+    ts.dir
+        .path()
+        .join("spool/hosts")
+        .join(format!("{h}.activity.log"))
+}
+
+/// Recording activity appends to one file: its inode stays the same (no
+/// file is created and freed per dry-run), and it is read back whole.
+#[test]
+fn activity_is_appended_to_one_file() {
+    use std::os::unix::fs::MetadataExt;
+    let ts = TempSpool::new();
+    let h = host("h");
+    ts.spool
+        .record_activity_blocking(&h, ActivityKind::DryRun, "a")
+        .unwrap();
+    let p = activity_log(&ts, &h);
+    let ino = std::fs::metadata(&p).unwrap().ino();
+    for (i, action) in ["b", "a", "c"].iter().enumerate() {
+        ts.advance_secs(10);
+        ts.spool
+            .record_activity_blocking(&h, ActivityKind::DryRun, action)
+            .unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().ino(), ino, "append {i}");
+    }
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    let a = ts.spool.host_activity_blocking(&h).unwrap();
+    assert_eq!(a.dry_runs.len(), 3);
+    assert_eq!(
+        a.dry_runs["a"],
+        ts.spool.now() - chrono::Duration::seconds(10)
+    );
+    assert_eq!(a.dry_runs["c"], ts.spool.now());
+    let names: Vec<String> = std::fs::read_dir(p.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("activity") && !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(names, [format!("{h}.activity.log")], "no leftovers");
+}
+
+/// A torn last line (a crash in the middle of an append) is skipped when
+/// read, and the next append starts on a line of its own, so it counts.
+#[test]
+fn a_torn_activity_line_costs_only_itself() {
+    use std::io::Write;
+    let ts = TempSpool::new();
+    let h = host("h");
+    ts.spool
+        .record_activity_blocking(&h, ActivityKind::DryRun, "a")
+        .unwrap();
+    let p = activity_log(&ts, &h);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(b"{\"kind\":\"dryRun\",\"act")
+        .unwrap();
+    let a = ts.spool.host_activity_blocking(&h).unwrap();
+    assert_eq!(a.dry_runs.keys().collect::<Vec<_>>(), ["a"]);
+    ts.advance_secs(5);
+    ts.spool
+        .record_activity_blocking(&h, ActivityKind::DryRun, "b")
+        .unwrap();
+    let a = ts.spool.host_activity_blocking(&h).unwrap();
+    assert_eq!(a.dry_runs.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(a.dry_runs["b"], ts.spool.now());
+}
+
+/// A log past the compaction size is rewritten with what is still in force
+/// (the latest dry-run of each action, the last day's executes) and the
+/// answers stay the same.
+#[test]
+fn the_activity_log_is_compacted_without_losing_what_counts() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    ts.spool
+        .record_activity_blocking(&h, ActivityKind::Execute, "old")
+        .unwrap();
+    ts.advance_secs(2 * 86_400);
+    let p = activity_log(&ts, &h);
+    let mut i = 0u64;
+    while std::fs::metadata(&p).unwrap().len() < remediate_spool::ACTIVITY_COMPACT_AT {
+        ts.advance_secs(1);
+        let action = format!("action-{}", i % 7);
+        ts.spool
+            .record_activity_blocking(&h, ActivityKind::DryRun, &action)
+            .unwrap();
+        i += 1;
+    }
+    ts.spool
+        .record_activity_blocking(&h, ActivityKind::Execute, "action-0")
+        .unwrap();
+    let before = ts.spool.host_activity_blocking(&h).unwrap();
+    assert_eq!(before.dry_runs.len(), 7);
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert_eq!(text.lines().count(), 8, "7 dry-runs and 1 execute: {text}");
+    assert_eq!(
+        before
+            .executes
+            .iter()
+            .map(|e| e.action.as_str())
+            .collect::<Vec<_>>(),
+        ["action-0"],
+        "the execute of two days ago is gone"
+    );
+    ts.advance_secs(1);
+    ts.spool
+        .record_activity_blocking(&h, ActivityKind::DryRun, "action-1")
+        .unwrap();
+    let after = ts.spool.host_activity_blocking(&h).unwrap();
+    assert_eq!(after.dry_runs["action-1"], ts.spool.now());
+    assert_eq!(after.dry_runs["action-2"], before.dry_runs["action-2"]);
+}
+
 #[test]
 fn recent_requests_come_from_the_index_newest_first() {
     let ts = TempSpool::new();
