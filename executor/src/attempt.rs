@@ -191,6 +191,29 @@ async fn process(ctx: &Ctx, run: RunRecord, turn: Turn, kill: KillSwitch) -> Res
         Turn::Ahead(sem) => {
             let parked = Instant::now();
             let permit = sem.acquire_owned().await.ok();
+            if *kill.borrow() {
+                // The daemon's grace period ended while this run waited:
+                // its commands never start. Nothing ran, so the run goes
+                // back to the queue whether or not its action is
+                // idempotent (an interrupted attempt of a non-idempotent
+                // action would be dead-lettered); only a run on its last
+                // attempt is dead-lettered, for an operator to replay.
+                let why =
+                    "not launched: the executor stopped while the run waited for the command slot";
+                tracing::warn!("{why}");
+                let result = AttemptResult {
+                    error: Some(why.to_string()),
+                    ..AttemptResult::default()
+                };
+                if started.attempts < started.max_attempts {
+                    let at = ctx.spool.now();
+                    store.retry_at(&id, at, result).await?;
+                    return Ok((RunEnd::RetryScheduled(at), None));
+                }
+                let reason = outcome::reason::INTERRUPTED;
+                let rec = store.dead_letter(&id, reason, Some(result)).await?;
+                return Ok((RunEnd::DeadLettered(reason.into()), Some(rec)));
+            }
             if parked.elapsed() > RECHECK_AFTER {
                 // Waited long enough for an operator to have switched the
                 // host off or changed its policy: the run does not launch

@@ -362,6 +362,34 @@ async fn shutdown_runs_a_readied_run_within_grace() {
     }
 }
 
+/// The grace period ends while a readied run still waits for the command
+/// slot: the running command is killed, and the readied run's command never
+/// starts. Its attempt is closed as "not launched" and, since nothing ran,
+/// it goes back to the queue although its action is not idempotent.
+#[tokio::test]
+async fn a_readied_run_is_not_launched_after_the_grace_period() {
+    let env = Env::new();
+    let mut settings = ready_ahead();
+    settings.shutdown_grace = Duration::from_millis(300);
+    let mut d = Daemon::start(&env, settings);
+    let (second, third) = ready_one_ahead(&env, &mut d).await;
+    d.shutdown().await;
+    let _ = std::fs::remove_file(env.scratch().join("hold"));
+    let killed = env.get(&second);
+    assert_eq!(killed.state, RunState::Dlq);
+    assert_eq!(killed.dlq_reason.as_deref(), Some("interrupted"));
+    assert!(!env.marker("started", &third).exists());
+    assert_eq!(env.count_lines("ran", &third), 0);
+    let r = env.get(&third);
+    assert_eq!(r.state, RunState::Queued, "{r:?}");
+    assert!(!r.idempotent);
+    assert_eq!(r.attempts, 1);
+    assert!(r.open_attempt().is_none());
+    let why = r.history[0].result.error.clone().unwrap_or_default();
+    assert!(why.starts_with("not launched"), "{why}");
+    assert!(r.next_attempt_at.is_some_and(|t| t <= env.spool.now()));
+}
+
 #[tokio::test]
 async fn a_run_is_not_readied_behind_an_action_not_known_to_be_quick() {
     let env = Env::new();
