@@ -621,6 +621,11 @@ fn host_activity_keeps_latest_dry_run_and_recent_executes() {
     );
 }
 
+/// Records `kind` of `action` on `h`.
+fn record(ts: &TempSpool, h: &HostId, kind: ActivityKind, action: &str) {
+    ts.spool.record_activity_blocking(h, kind, action).unwrap();
+}
+
 /// The activity log of `h` in the spool of `ts`.
 fn activity_log(ts: &TempSpool, h: &HostId) -> std::path::PathBuf {
     ts.dir
@@ -636,16 +641,12 @@ fn activity_is_appended_to_one_file() {
     use std::os::unix::fs::MetadataExt;
     let ts = TempSpool::new();
     let h = host("h");
-    ts.spool
-        .record_activity_blocking(&h, ActivityKind::DryRun, "a")
-        .unwrap();
+    record(&ts, &h, ActivityKind::DryRun, "a");
     let p = activity_log(&ts, &h);
     let ino = std::fs::metadata(&p).unwrap().ino();
     for (i, action) in ["b", "a", "c"].iter().enumerate() {
         ts.advance_secs(10);
-        ts.spool
-            .record_activity_blocking(&h, ActivityKind::DryRun, action)
-            .unwrap();
+        record(&ts, &h, ActivityKind::DryRun, action);
         assert_eq!(std::fs::metadata(&p).unwrap().ino(), ino, "append {i}");
     }
     let text = std::fs::read_to_string(&p).unwrap();
@@ -672,9 +673,7 @@ fn a_torn_activity_line_costs_only_itself() {
     use std::io::Write;
     let ts = TempSpool::new();
     let h = host("h");
-    ts.spool
-        .record_activity_blocking(&h, ActivityKind::DryRun, "a")
-        .unwrap();
+    record(&ts, &h, ActivityKind::DryRun, "a");
     let p = activity_log(&ts, &h);
     std::fs::OpenOptions::new()
         .append(true)
@@ -685,9 +684,7 @@ fn a_torn_activity_line_costs_only_itself() {
     let a = ts.spool.host_activity_blocking(&h).unwrap();
     assert_eq!(a.dry_runs.keys().collect::<Vec<_>>(), ["a"]);
     ts.advance_secs(5);
-    ts.spool
-        .record_activity_blocking(&h, ActivityKind::DryRun, "b")
-        .unwrap();
+    record(&ts, &h, ActivityKind::DryRun, "b");
     let a = ts.spool.host_activity_blocking(&h).unwrap();
     assert_eq!(a.dry_runs.keys().collect::<Vec<_>>(), ["a", "b"]);
     assert_eq!(a.dry_runs["b"], ts.spool.now());
@@ -700,23 +697,17 @@ fn a_torn_activity_line_costs_only_itself() {
 fn the_activity_log_is_compacted_without_losing_what_counts() {
     let ts = TempSpool::new();
     let h = host("h");
-    ts.spool
-        .record_activity_blocking(&h, ActivityKind::Execute, "old")
-        .unwrap();
+    record(&ts, &h, ActivityKind::Execute, "old");
     ts.advance_secs(2 * 86_400);
     let p = activity_log(&ts, &h);
     let mut i = 0u64;
     while std::fs::metadata(&p).unwrap().len() < remediate_spool::ACTIVITY_COMPACT_AT {
         ts.advance_secs(1);
         let action = format!("action-{}", i % 7);
-        ts.spool
-            .record_activity_blocking(&h, ActivityKind::DryRun, &action)
-            .unwrap();
+        record(&ts, &h, ActivityKind::DryRun, &action);
         i += 1;
     }
-    ts.spool
-        .record_activity_blocking(&h, ActivityKind::Execute, "action-0")
-        .unwrap();
+    record(&ts, &h, ActivityKind::Execute, "action-0");
     let before = ts.spool.host_activity_blocking(&h).unwrap();
     assert_eq!(before.dry_runs.len(), 7);
     let text = std::fs::read_to_string(&p).unwrap();
@@ -731,9 +722,7 @@ fn the_activity_log_is_compacted_without_losing_what_counts() {
         "the execute of two days ago is gone"
     );
     ts.advance_secs(1);
-    ts.spool
-        .record_activity_blocking(&h, ActivityKind::DryRun, "action-1")
-        .unwrap();
+    record(&ts, &h, ActivityKind::DryRun, "action-1");
     let after = ts.spool.host_activity_blocking(&h).unwrap();
     assert_eq!(after.dry_runs["action-1"], ts.spool.now());
     assert_eq!(after.dry_runs["action-2"], before.dry_runs["action-2"]);
