@@ -196,23 +196,9 @@ async fn process(ctx: &Ctx, run: RunRecord, turn: Turn, kill: KillSwitch) -> Res
                 // its commands never start. Nothing ran, so the run goes
                 // back to the queue whether or not its action is
                 // idempotent (an interrupted attempt of a non-idempotent
-                // action would be dead-lettered); only a run on its last
-                // attempt is dead-lettered, for an operator to replay.
-                let why =
-                    "not launched: the executor stopped while the run waited for the command slot";
-                tracing::warn!("{why}");
-                let result = AttemptResult {
-                    error: Some(why.to_string()),
-                    ..AttemptResult::default()
-                };
-                if started.attempts < started.max_attempts {
-                    let at = ctx.spool.now();
-                    store.retry_at(&id, at, result).await?;
-                    return Ok((RunEnd::RetryScheduled(at), None));
-                }
-                let reason = outcome::reason::INTERRUPTED;
-                let rec = store.dead_letter(&id, reason, Some(result)).await?;
-                return Ok((RunEnd::DeadLettered(reason.into()), Some(rec)));
+                // action would be dead-lettered).
+                let why = "the executor stopped while the run waited for the command slot";
+                return not_launched(ctx, &started, outcome::reason::INTERRUPTED, why, true).await;
             }
             if parked.elapsed() > RECHECK_AFTER {
                 // Waited long enough for an operator to have switched the
@@ -237,13 +223,7 @@ async fn process(ctx: &Ctx, run: RunRecord, turn: Turn, kill: KillSwitch) -> Res
                     }
                 };
                 if let Some((reason, why)) = refused {
-                    tracing::warn!(reason, why = %why, "not launched");
-                    let result = AttemptResult {
-                        error: Some(format!("not launched: {why}")),
-                        ..AttemptResult::default()
-                    };
-                    let rec = store.dead_letter(&id, reason, Some(result)).await?;
-                    return Ok((RunEnd::DeadLettered(reason.into()), Some(rec)));
+                    return not_launched(ctx, &started, reason, &why, false).await;
                 }
             }
             permit
@@ -285,6 +265,32 @@ async fn process(ctx: &Ctx, run: RunRecord, turn: Turn, kill: KillSwitch) -> Res
             Ok((RunEnd::DeadLettered(reason.to_string()), Some(rec)))
         }
     }
+}
+
+/// Ends the attempt of a run readied ahead whose commands will not start:
+/// its result says "not launched: `why`". With `retry`, and attempts left,
+/// the run goes back to the queue, due now (nothing ran); otherwise it is
+/// dead-lettered with `reason`, for an operator to replay.
+async fn not_launched(
+    ctx: &Ctx,
+    run: &RunRecord,
+    reason: &str,
+    why: &str,
+    retry: bool,
+) -> Result<Processed> {
+    let store: &dyn Store = &ctx.spool;
+    tracing::warn!(reason, why, "not launched");
+    let result = AttemptResult {
+        error: Some(format!("not launched: {why}")),
+        ..AttemptResult::default()
+    };
+    if retry && run.attempts < run.max_attempts {
+        let at = ctx.spool.now();
+        store.retry_at(&run.run_id, at, result).await?;
+        return Ok((RunEnd::RetryScheduled(at), None));
+    }
+    let rec = store.dead_letter(&run.run_id, reason, Some(result)).await?;
+    Ok((RunEnd::DeadLettered(reason.into()), Some(rec)))
 }
 
 /// Runs the commands, then the canary checks, then (on failure, once) the
