@@ -1467,7 +1467,6 @@ impl LocalSpool {
         let dir = self.inner.root.join("hosts");
         let path = self.host_activity_path(host);
         let line = ActivityLine::bytes(kind, action, now);
-        let existed = path.exists();
         let log = OpenOptions::new()
             .read(true)
             .append(true)
@@ -1510,7 +1509,12 @@ impl LocalSpool {
             .io
             .append(&log, &bytes)
             .map_err(|e| SpoolError::io("append", &path, e))?;
-        if existed { Ok(()) } else { self.sync_dir(&dir) }
+        // A new (or still empty) log: make its name durable too.
+        if len == 0 {
+            self.sync_dir(&dir)
+        } else {
+            Ok(())
+        }
     }
 
     fn control_dir(&self) -> PathBuf {
