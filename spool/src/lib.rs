@@ -78,6 +78,7 @@
 pub mod aws;
 pub mod codec;
 pub mod error;
+mod filecache;
 mod groupsync;
 pub mod id;
 mod index;

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::codec::{self, Decoded};
 use crate::error::{Result, SpoolError};
+use crate::filecache::FileCache;
 use crate::groupsync::GroupSync;
 use crate::id::{HostId, RunId};
 use crate::index::{Bucket, Index, Meta};
@@ -203,6 +204,9 @@ struct Inner {
     syncs: Mutex<HashMap<PathBuf, Arc<GroupSync>>>,
     index: Mutex<Index>,
     known_hosts: Mutex<std::collections::HashSet<HostId>>,
+    /// Host documents and activity logs as last parsed (see [`FileCache`]).
+    host_docs: FileCache<serde_json::Value>,
+    activity: FileCache<HostActivity>,
 }
 
 /// A spool directory. Cheap to clone; clones share one index and one set of
@@ -313,6 +317,8 @@ impl LocalSpool {
                 claims: Mutex::new(HashMap::new()),
                 syncs: Mutex::new(HashMap::new()),
                 known_hosts: Mutex::new(known),
+                host_docs: FileCache::default(),
+                activity: FileCache::default(),
             }),
         };
         let hosts: Vec<HostId> = lock(&spool.inner.known_hosts).iter().cloned().collect();
@@ -1345,14 +1351,13 @@ impl LocalSpool {
     /// A host's policy document (`hosts/<hostId>.json`), if one was stored.
     pub fn get_host_doc_blocking(&self, host: &HostId) -> Result<Option<serde_json::Value>> {
         let p = self.host_doc_path(host);
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| SpoolError::Corrupt {
-                    path: p,
-                    reason: format!("host document is not JSON: {e}"),
-                }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        match self.inner.host_docs.read(&p, |b| serde_json::from_slice(b)) {
+            Ok(Some(Ok(doc))) => Ok(Some(doc)),
+            Ok(Some(Err(e))) => Err(SpoolError::Corrupt {
+                path: p,
+                reason: format!("host document is not JSON: {e}"),
+            }),
+            Ok(None) => Ok(None),
             Err(e) => Err(SpoolError::io("read", p, e)),
         }
     }
@@ -1426,9 +1431,19 @@ impl LocalSpool {
     /// parse (a torn append) is skipped.
     pub fn host_activity_blocking(&self, host: &HostId) -> Result<HostActivity> {
         let p = self.host_activity_path(host);
-        match std::fs::read(&p) {
-            Ok(b) => Ok(fold_activity(&b, self.now())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(HostActivity::default()),
+        let now = self.now();
+        let read = self.inner.activity.read(&p, |b| {
+            Ok::<_, std::convert::Infallible>(fold_activity(b, now))
+        });
+        match read {
+            Ok(Some(Ok(mut a))) => {
+                // Folded at an earlier read, perhaps: drop what has aged out.
+                let day_ago = now - chrono::Duration::days(1);
+                a.executes.retain(|e| e.at > day_ago);
+                Ok(a)
+            }
+            Ok(None) => Ok(HostActivity::default()),
+            Ok(Some(Err(never))) => match never {},
             Err(e) => Err(SpoolError::io("read", p, e)),
         }
     }
