@@ -207,6 +207,8 @@ struct Inner {
     /// Host documents and activity logs as last parsed (see [`FileCache`]).
     host_docs: FileCache<serde_json::Value>,
     activity: FileCache<HostActivity>,
+    /// Today's audit log and its day.
+    audit_file: Mutex<Option<(String, u64, Arc<File>)>>,
 }
 
 /// A spool directory. Cheap to clone; clones share one index and one set of
@@ -319,6 +321,7 @@ impl LocalSpool {
                 known_hosts: Mutex::new(known),
                 host_docs: FileCache::default(),
                 activity: FileCache::default(),
+                audit_file: Mutex::new(None),
             }),
         };
         let hosts: Vec<HostId> = lock(&spool.inner.known_hosts).iter().cloned().collect();
@@ -1398,11 +1401,7 @@ impl LocalSpool {
             .join(format!("audit-{day}.jsonl"));
         let mut line = serde_json::to_vec(entry).map_err(|e| SpoolError::Invalid(e.to_string()))?;
         line.push(b'\n');
-        let f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&p)
-            .map_err(|e| SpoolError::io("open", &p, e))?;
+        let f = self.audit_file(&day.to_string(), &p)?;
         // One write(2) per line on an O_APPEND file: lines from several
         // processes do not interleave.
         if durable {
@@ -1412,9 +1411,35 @@ impl LocalSpool {
                 .map_err(|e| SpoolError::io("append", &p, e))
         } else {
             use std::io::Write;
-            (&f).write_all(&line)
+            (&*f)
+                .write_all(&line)
                 .map_err(|e| SpoolError::io("append", &p, e))
         }
+    }
+
+    /// Today's audit log, kept open for appending while the path still
+    /// names it (a `stat` per line instead of an open and a close; a log
+    /// moved or deleted by hand is opened anew, not written to unseen).
+    fn audit_file(&self, day: &str, p: &Path) -> Result<Arc<File>> {
+        let mut open = lock(&self.inner.audit_file);
+        if let Some((d, ino, f)) = &*open
+            && d == day
+            && std::fs::metadata(p).is_ok_and(|md| md.ino() == *ino)
+        {
+            return Ok(f.clone());
+        }
+        let f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(p)
+            .map_err(|e| SpoolError::io("open", p, e))?;
+        let ino = f
+            .metadata()
+            .map_err(|e| SpoolError::io("stat", p, e))?
+            .ino();
+        let f = Arc::new(f);
+        *open = Some((day.to_string(), ino, f.clone()));
+        Ok(f)
     }
 
     fn host_activity_path(&self, host: &HostId) -> PathBuf {
