@@ -571,8 +571,20 @@ fn host_documents_audit_and_drain_requests() {
     let audit_dir = ts.spool.root().join("audit");
     let files: Vec<_> = std::fs::read_dir(&audit_dir).unwrap().collect();
     assert_eq!(files.len(), 1);
-    let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    let log = files[0].as_ref().unwrap().path();
+    let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.lines().count(), 2);
+    // The log is kept open between lines; one moved away by hand is not
+    // written to unseen: the next line starts a new file at the path.
+    let moved = ts.spool.root().join("audit-moved.jsonl");
+    std::fs::rename(&log, &moved).unwrap();
+    ts.spool
+        .audit_blocking(&serde_json::json!({"what": "replay"}), false)
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&moved).unwrap(), text);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 1);
+    assert!(text.contains("replay"), "{text}");
     assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), None);
     ts.spool.request_drain_blocking(&h, 5).unwrap();
     ts.spool.request_drain_blocking(&h, 8).unwrap();
