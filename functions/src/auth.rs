@@ -71,8 +71,14 @@ fn toml_parse(text: &str) -> Result<TokenFile, String> {
 
 /// Hex SHA-256 of a token, as stored in the token file.
 pub fn hash_token(token: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = Sha256::digest(token.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(2 * d.len());
+    for b in d {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// A fresh random token (256 bits, URL-safe).
@@ -335,13 +341,21 @@ pub fn authenticate(
             "credentials required: `Authorization: Bearer <token>` or a session cookie",
         ));
     };
-    if principal.role < need.role {
+    require_role(&principal, need.role)?;
+    Ok(principal)
+}
+
+/// Checks that an authenticated principal has at least `role` (for a route
+/// that learns the role it needs from the body it may only parse once the
+/// caller is authenticated).
+pub fn require_role(principal: &Principal, role: Role) -> Result<(), ApiError> {
+    if principal.role < role {
         return Err(ApiError::forbidden(format!(
             "this needs the {:?} role; token {:?} has {:?}",
-            need.role, principal.name, principal.role
+            role, principal.name, principal.role
         )));
     }
-    Ok(principal)
+    Ok(())
 }
 
 fn check_same_origin(headers: &HeaderMap) -> Result<(), ApiError> {

@@ -52,18 +52,14 @@ pub async fn remediate(
     ctx: Ctx,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    // Plan is a read; everything else changes something.
-    let req: Remediate = match ctx.auth(&st, Need::VIEWER) {
-        Ok(_) => parse_json(&body)?,
-        Err(e) => return Err(e),
-    };
+    // Plan is a read; everything else changes something. The body is only
+    // parsed for an authenticated caller, and says which role it needs.
+    let who = ctx.auth(&st, Need::VIEWER)?;
+    let req: Remediate = parse_json(&body)?;
     let mode = req.mode.clone().unwrap_or_else(|| "plan".into());
-    let need = if mode == "plan" {
-        Need::VIEWER
-    } else {
-        Need::OPS
-    };
-    let who = ctx.auth(&st, need)?;
+    if mode != "plan" {
+        crate::auth::require_role(&who, Need::OPS.role)?;
+    }
     match mode.as_str() {
         "drain-queue" => {
             let limit = clamp_limit(req.limit, 5, 1, 50);
