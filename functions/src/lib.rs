@@ -159,7 +159,20 @@ pub async fn audit(
     run_id: Option<&str>,
     detail: serde_json::Value,
 ) -> Result<(), ApiError> {
-    let entry = serde_json::json!({
+    let entry = audit_entry(ctx, who, what, run_id, detail);
+    st.store.audit(entry, true).await.map_err(ApiError::from)
+}
+
+/// One audit line: who (name and credential), from which peer, what, on
+/// which path and run, and the details.
+fn audit_entry(
+    ctx: &Ctx,
+    who: &Principal,
+    what: &str,
+    run_id: Option<&str>,
+    detail: serde_json::Value,
+) -> serde_json::Value {
+    let mut entry = serde_json::json!({
         "at": chrono::Utc::now(),
         "who": who.name,
         "credential": who.mode.as_str(),
@@ -167,9 +180,10 @@ pub async fn audit(
         "what": what,
         "path": ctx.path,
         "runId": run_id,
-        "detail": detail,
     });
-    st.store.audit(entry, true).await.map_err(ApiError::from)
+    // Moved in: `json!` would copy the value by serializing it again.
+    entry["detail"] = detail;
+    entry
 }
 
 /// The audit line of an enqueue. The run's own record, fsynced before the
@@ -184,15 +198,6 @@ pub async fn audit_enqueue(
     run_id: &str,
     detail: serde_json::Value,
 ) -> Result<(), ApiError> {
-    let entry = serde_json::json!({
-        "at": chrono::Utc::now(),
-        "who": who.name,
-        "credential": who.mode.as_str(),
-        "peer": ctx.peer.map(|p| p.to_string()),
-        "what": what,
-        "path": ctx.path,
-        "runId": run_id,
-        "detail": detail,
-    });
+    let entry = audit_entry(ctx, who, what, Some(run_id), detail);
     st.store.audit(entry, false).await.map_err(ApiError::from)
 }

@@ -428,13 +428,15 @@ async fn execute(
         json!({ "hostId": t.host, "actionId": a.id, "created": enq.created, "approvalRequired": needs_approval }),
     )
     .await?;
-    Ok(Json(json!({
+    let mut answer = json!({
         "ok": true,
         "mode": "execute",
-        "run": item(&enq.record, false),
         "created": enq.created,
         "queued": true,
         "approvalRequired": needs_approval,
         "queue": { "autoDrain": auto_drain, "drainTriggered": drain_triggered },
-    })))
+    });
+    // Moved in: `json!` would copy the item value by serializing it again.
+    answer["run"] = item(&enq.record, false);
+    Ok(Json(answer))
 }

@@ -317,15 +317,15 @@ pub async fn report(
             }
         }
         queued_ids.push(enq.record.run_id.to_string());
-        results.push(merge(
-            base,
-            json!({
+        results.push(merge(base, {
+            let mut v = json!({
                 "queued": true,
                 "created": enq.created,
                 "approvalRequired": needs_approval,
-                "run": item(&enq.record, false),
-            }),
-        ));
+            });
+            v["run"] = item(&enq.record, false);
+            v
+        }));
     }
     let auto_drain = p.queue_autodrain;
     let drain_triggered = auto_drain && ready > 0;
