@@ -2,7 +2,8 @@
 //! the same run:
 //!
 //! - durable enqueue through `POST /api/remediate` (mode execute) with 1 and
-//!   32 concurrent keep-alive clients, against the spool's own enqueue of the
+//!   32 concurrent keep-alive clients (1: a blocking connection; 32: 32
+//!   connections driven by one thread, as a load generator does), against the spool's own enqueue of the
 //!   same (host, action) runs from 1 and 32 threads in this process, the
 //!   two sides in alternating rounds (the ratio is the median of the
 //!   rounds' ratios); p50 and p99 latency of both sides, and the CPU time per run of
@@ -224,8 +225,14 @@ fn prepare(addr: &str, direct: &LocalSpool, prefix: &str, hosts: usize) {
 }
 
 /// `work` as executes through HTTP from `clients` keep-alive connections;
-/// the time it took and each request's latency.
+/// the time it took and each request's latency. One client is a blocking
+/// connection on this thread; more are that many connections driven by one
+/// thread (as a load generator such as wrk does), so the clients do not
+/// add a thread per connection to the two cores the server runs on.
 fn http_enqueue(addr: &str, work: &[(String, &str)], clients: usize) -> (Duration, Vec<Duration>) {
+    if clients > 1 {
+        return http_enqueue_async(addr, work, clients);
+    }
     let per = work.len().div_ceil(clients).max(1);
     let t = Instant::now();
     let lat: Vec<Duration> = std::thread::scope(|s| {
@@ -251,6 +258,86 @@ fn http_enqueue(addr: &str, work: &[(String, &str)], clients: usize) -> (Duratio
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     (t.elapsed(), lat)
+}
+
+fn http_enqueue_async(
+    addr: &str,
+    work: &[(String, &str)],
+    clients: usize,
+) -> (Duration, Vec<Duration>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let per = work.len().div_ceil(clients).max(1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Connect first: the clock runs for the requests only, as with the
+        // blocking client.
+        let mut conns = Vec::new();
+        for _ in 0..clients {
+            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            conns.push(tokio::io::BufReader::new(s));
+        }
+        let t = Instant::now();
+        let tasks: Vec<_> = work
+            .chunks(per)
+            .zip(conns)
+            .map(|(chunk, mut c)| {
+                let chunk: Vec<(String, String)> =
+                    chunk.iter().map(|(h, a)| (h.clone(), a.to_string())).collect();
+                let addr = addr.to_string();
+                async move {
+                    let (mut out, mut line) = (Vec::with_capacity(512), String::with_capacity(128));
+                    let mut l = Vec::new();
+                    for (h, a) in chunk {
+                        let body = format!(
+                            "{{\"mode\":\"execute\",\"hostId\":\"{h}\",\"actionId\":\"{a}\",\"confirmPhrase\":\"EXECUTE {a}\"}}"
+                        );
+                        out.clear();
+                        write!(
+                            out,
+                            "POST /api/remediate HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .unwrap();
+                        let t = Instant::now();
+                        c.get_mut().write_all(&out).await.unwrap();
+                        line.clear();
+                        c.read_line(&mut line).await.unwrap();
+                        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+                        let mut len = 0usize;
+                        loop {
+                            line.clear();
+                            c.read_line(&mut line).await.unwrap();
+                            if line == "\r\n" {
+                                break;
+                            }
+                            const CL: &str = "content-length:";
+                            if line.len() > CL.len()
+                                && line.as_bytes()[..CL.len()].eq_ignore_ascii_case(CL.as_bytes())
+                            {
+                                len = line[CL.len()..].trim().parse().unwrap();
+                            }
+                        }
+                        let mut buf = vec![0u8; len];
+                        c.read_exact(&mut buf).await.unwrap();
+                        l.push(t.elapsed());
+                        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&buf));
+                    }
+                    l
+                }
+            })
+            .collect();
+        // Spawned on this one-thread runtime: they run concurrently.
+        let handles: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
+        let mut lat = Vec::new();
+        for h in handles {
+            lat.extend(h.await.unwrap());
+        }
+        (t.elapsed(), lat)
+    })
 }
 
 /// One comparison: the same (host, action) runs enqueued by the spool in
