@@ -97,9 +97,6 @@ fn init_tracing(json: bool) {
     }
 }
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 // One thread for the main runtime: with the local store it only accepts
 // connections (each is served on a thread of its own, see `server`); with
 // the AWS store its handlers wait on the network; Lambda runs one request
