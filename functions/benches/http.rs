@@ -39,6 +39,36 @@ const ACTIONS: [&str; 4] = [
 /// the clients share the machine's two cores with the server, so what they
 /// spend is taken from it (buffers are reused; a response is parsed as far
 /// as its status line and Content-Length).
+/// One request, with the bench token and a JSON body, into `out`.
+fn write_request(out: &mut Vec<u8>, addr: &str, method: &str, path: &str, body: &str) {
+    out.clear();
+    write!(
+        out,
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+}
+
+/// The status of a response's status line.
+fn status_of(line: &str) -> u16 {
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// The value of a Content-Length header line, if `line` is one.
+fn content_length(line: &str) -> Option<usize> {
+    const CL: &str = "content-length:";
+    (line.len() > CL.len() && line.as_bytes()[..CL.len()].eq_ignore_ascii_case(CL.as_bytes()))
+        .then(|| line[CL.len()..].trim().parse().unwrap())
+}
+
+/// The body of an execute of `action` on `host`.
+fn execute_body(host: &str, action: &str) -> String {
+    format!(
+        "{{\"mode\":\"execute\",\"hostId\":\"{host}\",\"actionId\":\"{action}\",\"confirmPhrase\":\"EXECUTE {action}\"}}"
+    )
+}
+
 struct Conn {
     r: BufReader<TcpStream>,
     addr: String,
@@ -59,19 +89,12 @@ impl Conn {
     }
 
     fn req(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
-        self.out.clear();
-        write!(
-            self.out,
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .unwrap();
+        write_request(&mut self.out, &self.addr, method, path, body);
         self.r.get_mut().write_all(&self.out).unwrap();
         let line = &mut self.line;
         line.clear();
         self.r.read_line(line).unwrap();
-        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let status = status_of(line);
         let mut len = 0usize;
         loop {
             line.clear();
@@ -79,12 +102,7 @@ impl Conn {
             if line == "\r\n" {
                 break;
             }
-            const CL: &str = "content-length:";
-            if line.len() > CL.len()
-                && line.as_bytes()[..CL.len()].eq_ignore_ascii_case(CL.as_bytes())
-            {
-                len = line[CL.len()..].trim().parse().unwrap();
-            }
+            len = content_length(line).unwrap_or(len);
         }
         let mut buf = vec![0u8; len];
         self.r.read_exact(&mut buf).unwrap();
@@ -243,9 +261,7 @@ fn http_enqueue(addr: &str, work: &[(String, &str)], clients: usize) -> (Duratio
                     let mut c = Conn::new(addr);
                     let mut l = Vec::new();
                     for (h, a) in chunk {
-                        let body = format!(
-                            "{{\"mode\":\"execute\",\"hostId\":\"{h}\",\"actionId\":\"{a}\",\"confirmPhrase\":\"EXECUTE {a}\"}}"
-                        );
+                        let body = execute_body(h, a);
                         let t = Instant::now();
                         let (st, b) = c.req("POST", "/api/remediate", &body);
                         l.push(t.elapsed());
@@ -285,28 +301,22 @@ fn http_enqueue_async(
             .chunks(per)
             .zip(conns)
             .map(|(chunk, mut c)| {
-                let chunk: Vec<(String, String)> =
-                    chunk.iter().map(|(h, a)| (h.clone(), a.to_string())).collect();
+                let chunk: Vec<(String, String)> = chunk
+                    .iter()
+                    .map(|(h, a)| (h.clone(), a.to_string()))
+                    .collect();
                 let addr = addr.to_string();
                 async move {
                     let (mut out, mut line) = (Vec::with_capacity(512), String::with_capacity(128));
                     let mut l = Vec::new();
                     for (h, a) in chunk {
-                        let body = format!(
-                            "{{\"mode\":\"execute\",\"hostId\":\"{h}\",\"actionId\":\"{a}\",\"confirmPhrase\":\"EXECUTE {a}\"}}"
-                        );
-                        out.clear();
-                        write!(
-                            out,
-                            "POST /api/remediate HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        )
-                        .unwrap();
+                        let body = execute_body(&h, &a);
+                        write_request(&mut out, &addr, "POST", "/api/remediate", &body);
                         let t = Instant::now();
                         c.get_mut().write_all(&out).await.unwrap();
                         line.clear();
                         c.read_line(&mut line).await.unwrap();
-                        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+                        let status = status_of(&line);
                         let mut len = 0usize;
                         loop {
                             line.clear();
@@ -314,12 +324,7 @@ fn http_enqueue_async(
                             if line == "\r\n" {
                                 break;
                             }
-                            const CL: &str = "content-length:";
-                            if line.len() > CL.len()
-                                && line.as_bytes()[..CL.len()].eq_ignore_ascii_case(CL.as_bytes())
-                            {
-                                len = line[CL.len()..].trim().parse().unwrap();
-                            }
+                            len = content_length(&line).unwrap_or(len);
                         }
                         let mut buf = vec![0u8; len];
                         c.read_exact(&mut buf).await.unwrap();
