@@ -1421,12 +1421,16 @@ impl LocalSpool {
     /// names it (a `stat` per line instead of an open and a close; a log
     /// moved or deleted by hand is opened anew, not written to unseen).
     fn audit_file(&self, day: &str, p: &Path) -> Result<Arc<File>> {
-        let mut open = lock(&self.inner.audit_file);
-        if let Some((d, ino, f)) = &*open
-            && d == day
-            && std::fs::metadata(p).is_ok_and(|md| md.ino() == *ino)
+        // The stat runs outside the lock: every state-changing request of
+        // every connection thread comes through here.
+        let held = lock(&self.inner.audit_file)
+            .as_ref()
+            .filter(|(d, _, _)| d == day)
+            .map(|(_, ino, f)| (*ino, f.clone()));
+        if let Some((ino, f)) = held
+            && std::fs::metadata(p).is_ok_and(|md| md.ino() == ino)
         {
-            return Ok(f.clone());
+            return Ok(f);
         }
         let f = OpenOptions::new()
             .append(true)
@@ -1438,7 +1442,9 @@ impl LocalSpool {
             .map_err(|e| SpoolError::io("stat", p, e))?
             .ino();
         let f = Arc::new(f);
-        *open = Some((day.to_string(), ino, f.clone()));
+        // Two threads that both reopened store one of their files; both
+        // append to the same log.
+        *lock(&self.inner.audit_file) = Some((day.to_string(), ino, f.clone()));
         Ok(f)
     }
 
