@@ -157,99 +157,106 @@ mod tests {
     use std::cell::Cell;
     use std::io::Write;
 
-    /// Reads `path` through `c`, counting the parses.
-    fn read(c: &FileCache<String>, path: &Path, parses: &Cell<u32>) -> Option<String> {
-        c.read(path, |b| {
-            parses.set(parses.get() + 1);
-            String::from_utf8(b.to_vec())
-        })
-        .unwrap()
-        .map(|r| r.unwrap())
+    /// A file holding `contents` in a directory of its own, and a cache
+    /// that counts its parses.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        cache: FileCache<String>,
+        parses: Cell<u32>,
+    }
+
+    impl Fixture {
+        fn new(contents: &[u8], settle: Duration) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("doc");
+            std::fs::write(&path, contents).unwrap();
+            Fixture {
+                dir,
+                path,
+                cache: FileCache::with_settle(settle),
+                parses: Cell::new(0),
+            }
+        }
+
+        /// Reads the file through the cache.
+        fn read(&self) -> Option<String> {
+            self.cache
+                .read(&self.path, |b| {
+                    self.parses.set(self.parses.get() + 1);
+                    String::from_utf8(b.to_vec())
+                })
+                .unwrap()
+                .map(|r| r.unwrap())
+        }
     }
 
     #[test]
     fn an_unchanged_settled_file_is_parsed_once() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("doc");
-        std::fs::write(&p, "one").unwrap();
-        let c = FileCache::with_settle(Duration::ZERO);
-        let n = Cell::new(0);
-        assert_eq!(read(&c, &p, &n).as_deref(), Some("one"));
-        assert_eq!(read(&c, &p, &n).as_deref(), Some("one"));
-        assert_eq!(n.get(), 1);
-        assert_eq!(c.len(), 1);
+        let f = Fixture::new(b"one", Duration::ZERO);
+        assert_eq!(f.read().as_deref(), Some("one"));
+        assert_eq!(f.read().as_deref(), Some("one"));
+        assert_eq!(f.parses.get(), 1);
+        assert_eq!(f.cache.len(), 1);
     }
 
     // With no settling time at all, the changes below happen within the
     // clock tick of the cached read: the stamps alone must tell them apart.
     #[test]
     fn an_append_within_the_same_tick_is_seen() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("log");
-        std::fs::write(&p, "a\n").unwrap();
-        let c = FileCache::with_settle(Duration::ZERO);
-        let n = Cell::new(0);
-        assert_eq!(read(&c, &p, &n).as_deref(), Some("a\n"));
-        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
-        f.write_all(b"b\n").unwrap();
-        assert_eq!(read(&c, &p, &n).as_deref(), Some("a\nb\n"));
-        assert_eq!(n.get(), 2);
+        let f = Fixture::new(b"a\n", Duration::ZERO);
+        assert_eq!(f.read().as_deref(), Some("a\n"));
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&f.path)
+            .unwrap();
+        log.write_all(b"b\n").unwrap();
+        assert_eq!(f.read().as_deref(), Some("a\nb\n"));
+        assert_eq!(f.parses.get(), 2);
     }
 
     #[test]
     fn a_file_renamed_over_the_cached_one_is_seen() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("doc");
-        std::fs::write(&p, "old").unwrap();
-        let c = FileCache::with_settle(Duration::ZERO);
-        let n = Cell::new(0);
-        assert_eq!(read(&c, &p, &n).as_deref(), Some("old"));
+        let f = Fixture::new(b"old", Duration::ZERO);
+        assert_eq!(f.read().as_deref(), Some("old"));
         // Same length, same tick: only the inode differs.
-        let tmp = d.path().join("tmp");
+        let tmp = f.dir.path().join("tmp");
         std::fs::write(&tmp, "new").unwrap();
-        std::fs::rename(&tmp, &p).unwrap();
-        assert_eq!(read(&c, &p, &n).as_deref(), Some("new"));
+        std::fs::rename(&tmp, &f.path).unwrap();
+        assert_eq!(f.read().as_deref(), Some("new"));
     }
 
     #[test]
     fn a_deleted_file_is_none_and_forgotten() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("doc");
-        std::fs::write(&p, "x").unwrap();
-        let c = FileCache::with_settle(Duration::ZERO);
-        let n = Cell::new(0);
-        assert_eq!(read(&c, &p, &n).as_deref(), Some("x"));
-        std::fs::remove_file(&p).unwrap();
-        assert_eq!(read(&c, &p, &n), None);
-        assert_eq!(c.len(), 0);
-        std::fs::write(&p, "y").unwrap();
-        assert_eq!(read(&c, &p, &n).as_deref(), Some("y"));
+        let f = Fixture::new(b"x", Duration::ZERO);
+        assert_eq!(f.read().as_deref(), Some("x"));
+        std::fs::remove_file(&f.path).unwrap();
+        assert_eq!(f.read(), None);
+        assert_eq!(f.cache.len(), 0);
+        std::fs::write(&f.path, "y").unwrap();
+        assert_eq!(f.read().as_deref(), Some("y"));
     }
 
     #[test]
     fn a_file_changed_moments_ago_is_read_every_time() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("doc");
-        std::fs::write(&p, "x").unwrap();
-        let c = FileCache::<String>::default();
-        let n = Cell::new(0);
+        let f = Fixture::new(b"x", SETTLED);
         for _ in 0..3 {
-            assert_eq!(read(&c, &p, &n).as_deref(), Some("x"));
+            assert_eq!(f.read().as_deref(), Some("x"));
         }
-        assert_eq!(n.get(), 3);
-        assert_eq!(c.len(), 0);
+        assert_eq!(f.parses.get(), 3);
+        assert_eq!(f.cache.len(), 0);
     }
 
     #[test]
     fn a_parse_error_is_returned_and_not_kept() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("doc");
-        std::fs::write(&p, [0xff, 0xfe]).unwrap();
-        let c = FileCache::<String>::with_settle(Duration::ZERO);
+        let f = Fixture::new(&[0xff, 0xfe], Duration::ZERO);
         for _ in 0..2 {
-            let r = c.read(&p, |b| String::from_utf8(b.to_vec())).unwrap();
+            let r = f
+                .cache
+                .read(&f.path, |b| String::from_utf8(b.to_vec()))
+                .unwrap();
             assert!(matches!(r, Some(Err(_))));
         }
-        assert_eq!(c.len(), 0);
+        assert_eq!(f.cache.len(), 0);
     }
 }
