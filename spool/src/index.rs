@@ -453,6 +453,17 @@ impl Index {
         if self.publishing.contains(&id) {
             return;
         }
+        // Only an arrival of a run not known here, or a departure of one
+        // known here, can change the index; the rest (this process's own
+        // publishes, seen again by the watch) need no look at the disk.
+        let known_here = self
+            .hosts
+            .get(host)
+            .and_then(|hi| hi.get(&id))
+            .is_some_and(|m| m.dir == dir);
+        if arrived == known_here {
+            return;
+        }
         let path = self
             .runs_dir
             .join(host.as_str())
@@ -460,13 +471,12 @@ impl Index {
             .join(id.as_str());
         let exists = path.exists();
         self.with_host(host, |hi| {
-            let known_here = hi.get(&id).is_some_and(|m| m.dir == dir);
             if arrived {
-                if exists && !known_here {
+                if exists {
                     let meta = read_meta(&path, dir);
                     hi.insert(id, meta);
                 }
-            } else if known_here && !exists {
+            } else if !exists {
                 hi.remove(&id);
             }
         });
