@@ -11,6 +11,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use remediate_config::{
     Action, Effective, ExecuteGateInput, RenderContext, RenderedAction, SkipReason,
     approval_required, canary_bucket, canary_percent, canary_selected, execute_gate,
@@ -18,12 +19,12 @@ use remediate_config::{
 use remediate_spool::{
     ActivityKind, Checked, EnqueueCheck, GateFacts, HostId, IdemKey, NewRun, Refusal,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::auth::{Need, Principal};
 use crate::error::{ApiError, ApiResult};
-use crate::items::item;
+use crate::items::Item;
 use crate::routes::clamp_limit;
 use crate::routes::drain::drain_runs;
 use crate::{AppState, Ctx, SharedState, audit, audit_enqueue, parse_json};
@@ -51,7 +52,7 @@ pub async fn remediate(
     State(st): State<SharedState>,
     ctx: Ctx,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     // Plan is a read; everything else changes something. The body is only
     // parsed for an authenticated caller, and says which role it needs.
     let who = ctx.auth(&st, Need::VIEWER)?;
@@ -75,16 +76,21 @@ pub async fn remediate(
                 )
                 .await?;
             }
-            Ok(Json(
-                json!({ "ok": true, "mode": "drain-queue", "drained": drained }),
-            ))
+            Ok(
+                Json(json!({ "ok": true, "mode": "drain-queue", "drained": drained }))
+                    .into_response(),
+            )
         }
         "plan" | "dry-run" | "execute" => {
             let target = Target::resolve(&st, &who, &req).await?;
             match mode.as_str() {
-                "plan" => Ok(Json(plan(&st, &target, &req))),
-                "dry-run" => dry_run(&st, &ctx, &who, &target, &req).await,
-                _ => execute(&st, &ctx, &who, &target, &req).await,
+                "plan" => Ok(Json(plan(&st, &target, &req)).into_response()),
+                "dry-run" => Ok(dry_run(&st, &ctx, &who, &target, &req)
+                    .await?
+                    .into_response()),
+                _ => Ok(execute(&st, &ctx, &who, &target, &req)
+                    .await?
+                    .into_response()),
             }
         }
         other => Err(ApiError::bad_request(
@@ -95,14 +101,14 @@ pub async fn remediate(
 }
 
 /// A host, its effective policy and (for dry-run and execute) an action.
-struct Target {
+struct Target<'a> {
     host: HostId,
     effective: std::sync::Arc<Effective>,
-    action: Option<Action>,
+    action: Option<&'a Action>,
 }
 
-impl Target {
-    async fn resolve(st: &AppState, who: &Principal, req: &Remediate) -> ApiResult<Target> {
+impl<'a> Target<'a> {
+    async fn resolve(st: &'a AppState, who: &Principal, req: &Remediate) -> ApiResult<Target<'a>> {
         let host_str = req
             .host_id
             .as_deref()
@@ -132,7 +138,7 @@ impl Target {
             )
         })?;
         let action = match req.action_id.as_deref().filter(|a| !a.is_empty()) {
-            Some(id) => Some(st.catalog.get(id).cloned().ok_or_else(|| {
+            Some(id) => Some(st.catalog.get(id).ok_or_else(|| {
                 ApiError::not_found(
                     "action_not_found",
                     format!("action {id:?} is not in the catalog"),
@@ -147,9 +153,8 @@ impl Target {
         })
     }
 
-    fn action(&self) -> ApiResult<&Action> {
+    fn action(&self) -> ApiResult<&'a Action> {
         self.action
-            .as_ref()
             .ok_or_else(|| ApiError::bad_request("action_id_required", "actionId is required"))
     }
 }
@@ -157,7 +162,7 @@ impl Target {
 /// Renders an action for the host and runs the guard over every command,
 /// canary check and rollback command.
 fn render(
-    t: &Target,
+    t: &Target<'_>,
     action: &Action,
     params: &serde_json::Map<String, Value>,
 ) -> ApiResult<RenderedAction> {
@@ -180,7 +185,7 @@ fn render(
     Ok(rendered)
 }
 
-fn action_view(t: &Target, a: &Action, params: &serde_json::Map<String, Value>) -> Value {
+fn action_view(t: &Target<'_>, a: &Action, params: &serde_json::Map<String, Value>) -> Value {
     let p = &t.effective.policy;
     let (rendered, guard) = match a.render(params, &RenderContext::new("preview", 1)) {
         Ok(r) => {
@@ -216,7 +221,7 @@ fn action_view(t: &Target, a: &Action, params: &serde_json::Map<String, Value>) 
     })
 }
 
-fn plan(st: &AppState, t: &Target, req: &Remediate) -> Value {
+fn plan(st: &AppState, t: &Target<'_>, req: &Remediate) -> Value {
     let actions: Vec<Value> = match &t.action {
         Some(a) => vec![action_view(t, a, &req.params)],
         None => st
@@ -240,7 +245,7 @@ async fn dry_run(
     st: &AppState,
     ctx: &Ctx,
     who: &Principal,
-    t: &Target,
+    t: &Target<'_>,
     req: &Remediate,
 ) -> ApiResult<Json<Value>> {
     let a = t.action()?;
@@ -298,13 +303,33 @@ fn gate_error(reason: SkipReason, active: Option<&str>) -> ApiError {
     }
 }
 
+/// The answer to an execute, written straight from the run's record.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ExecuteAnswer<'a> {
+    ok: bool,
+    mode: &'static str,
+    created: bool,
+    queued: bool,
+    approval_required: bool,
+    queue: QueueAnswer,
+    run: Item<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct QueueAnswer {
+    auto_drain: bool,
+    drain_triggered: bool,
+}
+
 async fn execute(
     st: &AppState,
     ctx: &Ctx,
     who: &Principal,
-    t: &Target,
+    t: &Target<'_>,
     req: &Remediate,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let a = t.action()?;
     let expected = format!("EXECUTE {}", a.id);
     if req.confirm_phrase.as_deref() != Some(expected.as_str()) {
@@ -428,15 +453,17 @@ async fn execute(
         json!({ "hostId": t.host, "actionId": a.id, "created": enq.created, "approvalRequired": needs_approval }),
     )
     .await?;
-    let mut answer = json!({
-        "ok": true,
-        "mode": "execute",
-        "created": enq.created,
-        "queued": true,
-        "approvalRequired": needs_approval,
-        "queue": { "autoDrain": auto_drain, "drainTriggered": drain_triggered },
-    });
-    // Moved in: `json!` would copy the item value by serializing it again.
-    answer["run"] = item(&enq.record, false);
-    Ok(Json(answer))
+    Ok(Json(ExecuteAnswer {
+        ok: true,
+        mode: "execute",
+        created: enq.created,
+        queued: true,
+        approval_required: needs_approval,
+        queue: QueueAnswer {
+            auto_drain,
+            drain_triggered,
+        },
+        run: Item::new(&enq.record, false),
+    })
+    .into_response())
 }
