@@ -159,31 +159,44 @@ pub async fn audit(
     run_id: Option<&str>,
     detail: serde_json::Value,
 ) -> Result<(), ApiError> {
-    let entry = audit_entry(ctx, who, what, run_id, detail);
+    let entry = audit_entry(ctx, who, what, run_id, &detail)?;
     st.store.audit(entry, true).await.map_err(ApiError::from)
 }
 
 /// One audit line: who (name and credential), from which peer, what, on
 /// which path and run, and the details.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditEntry<'a> {
+    at: chrono::DateTime<chrono::Utc>,
+    who: &'a str,
+    credential: &'static str,
+    /// The socket's peer address, as `ip:port`.
+    peer: Option<SocketAddr>,
+    what: &'a str,
+    path: &'a str,
+    run_id: Option<&'a str>,
+    detail: &'a serde_json::Value,
+}
+
 fn audit_entry(
     ctx: &Ctx,
     who: &Principal,
     what: &str,
     run_id: Option<&str>,
-    detail: serde_json::Value,
-) -> serde_json::Value {
-    let mut entry = serde_json::json!({
-        "at": chrono::Utc::now(),
-        "who": who.name,
-        "credential": who.mode.as_str(),
-        "peer": ctx.peer.map(|p| p.to_string()),
-        "what": what,
-        "path": ctx.path,
-        "runId": run_id,
-    });
-    // Moved in: `json!` would copy the value by serializing it again.
-    entry["detail"] = detail;
-    entry
+    detail: &serde_json::Value,
+) -> Result<remediate_spool::AuditLine, ApiError> {
+    let entry = AuditEntry {
+        at: chrono::Utc::now(),
+        who: &who.name,
+        credential: who.mode.as_str(),
+        peer: ctx.peer,
+        what,
+        path: &ctx.path,
+        run_id,
+        detail,
+    };
+    remediate_spool::AuditLine::of(&entry).map_err(ApiError::from)
 }
 
 /// The audit line of an enqueue. The run's own record, fsynced before the
@@ -198,6 +211,6 @@ pub async fn audit_enqueue(
     run_id: &str,
     detail: serde_json::Value,
 ) -> Result<(), ApiError> {
-    let entry = audit_entry(ctx, who, what, Some(run_id), detail);
+    let entry = audit_entry(ctx, who, what, Some(run_id), &detail)?;
     st.store.audit(entry, false).await.map_err(ApiError::from)
 }

@@ -102,7 +102,8 @@ pub use record::{
     Rollback, RunRecord, RunState, Timestamp,
 };
 pub use store::{
-    Checked, EnqueueCheck, GateFacts, Refusal, Store, run_file_work_inline_on_this_thread,
+    AuditLine, Checked, EnqueueCheck, GateFacts, Refusal, Store,
+    run_file_work_inline_on_this_thread,
 };
 
 /// Where the spool gets "now" from; tests pass a [`ManualClock`].

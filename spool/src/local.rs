@@ -1392,14 +1392,15 @@ impl LocalSpool {
 
     /// Appends one JSON line to today's audit log; with `durable`,
     /// fdatasyncs it before returning.
-    pub fn audit_blocking(&self, entry: &serde_json::Value, durable: bool) -> Result<()> {
+    pub fn audit_blocking(&self, entry: &crate::store::AuditLine, durable: bool) -> Result<()> {
         let day = self.now().format("%Y-%m-%d");
         let p = self
             .inner
             .root
             .join("audit")
             .join(format!("audit-{day}.jsonl"));
-        let mut line = serde_json::to_vec(entry).map_err(|e| SpoolError::Invalid(e.to_string()))?;
+        let mut line = Vec::with_capacity(entry.as_bytes().len() + 1);
+        line.extend_from_slice(entry.as_bytes());
         line.push(b'\n');
         let f = self.audit_file(&day.to_string(), &p)?;
         // One write(2) per line on an O_APPEND file: lines from several

@@ -157,7 +157,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Appends one entry to the audit log; with `durable`, fdatasyncs it
     /// before returning (without, the next durable append or the kernel
     /// writes it back).
-    async fn audit(&self, entry: serde_json::Value, durable: bool) -> Result<()>;
+    async fn audit(&self, entry: AuditLine, durable: bool) -> Result<()>;
     /// Runs of a host requested at or after `since` (any state), newest first.
     async fn recent_requests(&self, host: &HostId, since: Timestamp) -> Result<Vec<RecentRequest>>;
     /// Recent dry-runs and executes on a host.
@@ -167,6 +167,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Asks the host's executor to drain up to `limit` due runs now.
     async fn request_drain(&self, host: &HostId, limit: u32) -> Result<()>;
     async fn prune(&self, retention: Retention) -> Result<PruneReport>;
+}
+
+/// One audit entry, serialized: a JSON object, one line of the audit log.
+/// Made with [`AuditLine::of`] from any serializable entry, so a caller
+/// writes its entry straight to bytes instead of building a JSON value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLine(Vec<u8>);
+
+impl AuditLine {
+    /// `entry` serialized; refused when it is not a JSON object.
+    pub fn of<T: serde::Serialize + ?Sized>(entry: &T) -> Result<AuditLine> {
+        let bytes = serde_json::to_vec(entry).map_err(|e| SpoolError::Invalid(e.to_string()))?;
+        if bytes.first() != Some(&b'{') {
+            return Err(SpoolError::Invalid(
+                "an audit entry must be a JSON object".into(),
+            ));
+        }
+        Ok(AuditLine(bytes))
+    }
+
+    /// The entry's JSON, without a line end.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The entry's JSON, without a line end.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
 }
 
 thread_local! {
@@ -314,7 +343,7 @@ impl Store for LocalSpool {
         let (s, host) = (self.clone(), host.clone());
         blocking(move || s.put_host_doc_blocking(&host, &doc)).await
     }
-    async fn audit(&self, entry: serde_json::Value, durable: bool) -> Result<()> {
+    async fn audit(&self, entry: AuditLine, durable: bool) -> Result<()> {
         if !durable {
             // One write(2) of a line into the page cache, no fsync: done
             // here, as `get_host_doc`.

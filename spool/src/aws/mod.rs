@@ -117,7 +117,7 @@ use crate::record::{
     AttemptResult, Event, EventKind, NewRun, Next, RunRecord, RunState, Timestamp,
 };
 use crate::state::{self, Move};
-use crate::store::Store;
+use crate::store::{AuditLine, Store};
 use crate::{Clock, SystemClock};
 
 use keys::IndexEntry;
@@ -1777,15 +1777,14 @@ impl Store for S3SqsStore {
 
     /// One object per entry: a PUT that returned is durable, so `durable`
     /// changes nothing here.
-    async fn audit(&self, entry: serde_json::Value, _durable: bool) -> Result<()> {
+    async fn audit(&self, entry: AuditLine, _durable: bool) -> Result<()> {
         let now = self.now();
         let key = keys::audit_key(
             &now.format("%Y-%m-%d").to_string(),
             millis(now),
             rand::random(),
         );
-        let bytes = serde_json::to_vec(&entry).map_err(|e| SpoolError::Invalid(e.to_string()))?;
-        self.put_plain(&key, bytes).await
+        self.put_plain(&key, entry.into_bytes()).await
     }
 
     async fn recent_requests(&self, host: &HostId, since: Timestamp) -> Result<Vec<RecentRequest>> {

@@ -563,10 +563,16 @@ fn host_documents_audit_and_drain_requests() {
     assert!(ts.spool.host_dir(&h, remediate_spool::Dir::Queued).is_dir());
     assert_eq!(ts.spool.hosts().unwrap(), vec![h.clone()]);
     ts.spool
-        .audit_blocking(&serde_json::json!({"what": "approve"}), true)
+        .audit_blocking(
+            &AuditLine::of(&serde_json::json!({"what": "approve"})).unwrap(),
+            true,
+        )
         .unwrap();
     ts.spool
-        .audit_blocking(&serde_json::json!({"what": "reject"}), false)
+        .audit_blocking(
+            &AuditLine::of(&serde_json::json!({"what": "reject"})).unwrap(),
+            false,
+        )
         .unwrap();
     let audit_dir = ts.spool.root().join("audit");
     let files: Vec<_> = std::fs::read_dir(&audit_dir).unwrap().collect();
@@ -579,7 +585,10 @@ fn host_documents_audit_and_drain_requests() {
     let moved = ts.spool.root().join("audit-moved.jsonl");
     std::fs::rename(&log, &moved).unwrap();
     ts.spool
-        .audit_blocking(&serde_json::json!({"what": "replay"}), false)
+        .audit_blocking(
+            &AuditLine::of(&serde_json::json!({"what": "replay"})).unwrap(),
+            false,
+        )
         .unwrap();
     assert_eq!(std::fs::read_to_string(&moved).unwrap(), text);
     let text = std::fs::read_to_string(&log).unwrap();

@@ -410,10 +410,18 @@ pub async fn host_docs_activity_audit(s: &dyn Store) {
     let ex: Vec<_> = a.executes.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(ex, vec!["restart", "flush"]);
 
-    s.audit(json!({"event": "approve", "runId": "r1"}), true)
+    s.audit(
+        AuditLine::of(&json!({"event": "approve", "runId": "r1"})).unwrap(),
+        true,
+    )
+    .await
+    .unwrap();
+    s.audit(AuditLine::of(&json!({"event": "login"})).unwrap(), false)
         .await
         .unwrap();
-    s.audit(json!({"event": "login"}), false).await.unwrap();
+    // Anything but a JSON object is refused before it is written.
+    assert!(AuditLine::of(&json!(["login"])).is_err());
+    assert!(AuditLine::of(&json!("login")).is_err());
     s.request_drain(&h, 5).await.unwrap();
 }
 
