@@ -207,8 +207,19 @@ struct Inner {
     /// Host documents and activity logs as last parsed (see [`FileCache`]).
     host_docs: FileCache<serde_json::Value>,
     activity: FileCache<HostActivity>,
-    /// Today's audit log and its day.
-    audit_file: Mutex<Option<(String, u64, Arc<File>)>>,
+    /// The audit log last appended to.
+    audit_file: Mutex<Option<Arc<AuditLog>>>,
+}
+
+/// One day's audit log, open for appending.
+#[derive(Debug)]
+struct AuditLog {
+    day: chrono::NaiveDate,
+    path: PathBuf,
+    /// The inode the file was opened as: the path names it still, or the
+    /// log was moved away.
+    ino: u64,
+    file: File,
 }
 
 /// A spool directory. Cheap to clone; clones share one index and one set of
@@ -1392,61 +1403,64 @@ impl LocalSpool {
 
     /// Appends one JSON line to today's audit log; with `durable`,
     /// fdatasyncs it before returning.
-    pub fn audit_blocking(&self, entry: &crate::store::AuditLine, durable: bool) -> Result<()> {
-        let day = self.now().format("%Y-%m-%d");
-        let p = self
-            .inner
-            .root
-            .join("audit")
-            .join(format!("audit-{day}.jsonl"));
-        let mut line = Vec::with_capacity(entry.as_bytes().len() + 1);
-        line.extend_from_slice(entry.as_bytes());
+    pub fn audit_blocking(&self, entry: crate::store::AuditLine, durable: bool) -> Result<()> {
+        let mut line = entry.into_bytes();
         line.push(b'\n');
-        let f = self.audit_file(&day.to_string(), &p)?;
+        let log = self.audit_file(self.now().date_naive())?;
         // One write(2) per line on an O_APPEND file: lines from several
         // processes do not interleave.
         if durable {
             self.inner
                 .io
-                .append(&f, &line)
-                .map_err(|e| SpoolError::io("append", &p, e))
+                .append(&log.file, &line)
+                .map_err(|e| SpoolError::io("append", &log.path, e))
         } else {
             use std::io::Write;
-            (&*f)
+            (&log.file)
                 .write_all(&line)
-                .map_err(|e| SpoolError::io("append", &p, e))
+                .map_err(|e| SpoolError::io("append", &log.path, e))
         }
     }
 
-    /// Today's audit log, kept open for appending while the path still
+    /// The audit log of `day`, kept open for appending while the path still
     /// names it (a `stat` per line instead of an open and a close; a log
     /// moved or deleted by hand is opened anew, not written to unseen).
-    fn audit_file(&self, day: &str, p: &Path) -> Result<Arc<File>> {
+    fn audit_file(&self, day: chrono::NaiveDate) -> Result<Arc<AuditLog>> {
         // The stat runs outside the lock: every state-changing request of
         // every connection thread comes through here.
         let held = lock(&self.inner.audit_file)
             .as_ref()
-            .filter(|(d, _, _)| d == day)
-            .map(|(_, ino, f)| (*ino, f.clone()));
-        if let Some((ino, f)) = held
-            && std::fs::metadata(p).is_ok_and(|md| md.ino() == ino)
+            .filter(|log| log.day == day)
+            .cloned();
+        if let Some(log) = held
+            && std::fs::metadata(&log.path).is_ok_and(|md| md.ino() == log.ino)
         {
-            return Ok(f);
+            return Ok(log);
         }
-        let f = OpenOptions::new()
+        let path = self
+            .inner
+            .root
+            .join("audit")
+            .join(format!("audit-{}.jsonl", day.format("%Y-%m-%d")));
+        let file = OpenOptions::new()
             .append(true)
             .create(true)
-            .open(p)
-            .map_err(|e| SpoolError::io("open", p, e))?;
-        let ino = f
+            .open(&path)
+            .map_err(|e| SpoolError::io("open", &path, e))?;
+        let ino = file
             .metadata()
-            .map_err(|e| SpoolError::io("stat", p, e))?
+            .map_err(|e| SpoolError::io("stat", &path, e))?
             .ino();
-        let f = Arc::new(f);
+        let log = Arc::new(AuditLog {
+            day,
+            path,
+            ino,
+            file,
+        });
         // Two threads that both reopened store one of their files; both
         // append to the same log.
-        *lock(&self.inner.audit_file) = Some((day.to_string(), ino, f.clone()));
-        Ok(f)
+        *lock(&self.inner.audit_file) = Some(log.clone());
+        Ok(log)
     }
 
     fn host_activity_path(&self, host: &HostId) -> PathBuf {

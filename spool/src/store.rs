@@ -347,10 +347,10 @@ impl Store for LocalSpool {
         if !durable {
             // One write(2) of a line into the page cache, no fsync: done
             // here, as `get_host_doc`.
-            return self.audit_blocking(&entry, false);
+            return self.audit_blocking(entry, false);
         }
         let s = self.clone();
-        blocking(move || s.audit_blocking(&entry, durable)).await
+        blocking(move || s.audit_blocking(entry, durable)).await
     }
     async fn recent_requests(&self, host: &HostId, since: Timestamp) -> Result<Vec<RecentRequest>> {
         let (s, host) = (self.clone(), host.clone());

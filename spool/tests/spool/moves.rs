@@ -564,13 +564,13 @@ fn host_documents_audit_and_drain_requests() {
     assert_eq!(ts.spool.hosts().unwrap(), vec![h.clone()]);
     ts.spool
         .audit_blocking(
-            &AuditLine::of(&serde_json::json!({"what": "approve"})).unwrap(),
+            AuditLine::of(&serde_json::json!({"what": "approve"})).unwrap(),
             true,
         )
         .unwrap();
     ts.spool
         .audit_blocking(
-            &AuditLine::of(&serde_json::json!({"what": "reject"})).unwrap(),
+            AuditLine::of(&serde_json::json!({"what": "reject"})).unwrap(),
             false,
         )
         .unwrap();
@@ -586,7 +586,7 @@ fn host_documents_audit_and_drain_requests() {
     std::fs::rename(&log, &moved).unwrap();
     ts.spool
         .audit_blocking(
-            &AuditLine::of(&serde_json::json!({"what": "replay"})).unwrap(),
+            AuditLine::of(&serde_json::json!({"what": "replay"})).unwrap(),
             false,
         )
         .unwrap();
