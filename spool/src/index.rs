@@ -203,16 +203,13 @@ impl HostIndex {
     }
 
     /// Every run requested at or after `since_ms` (any state), unordered.
-    pub fn requested_since(&self, since_ms: i64) -> Vec<(i64, Arc<str>, bool)> {
-        let mut out = Vec::new();
-        for set in &self.buckets {
-            for (req, id) in set.range((since_ms, RunId::min())..) {
-                if let Some(m) = self.entries.get(id) {
-                    out.push((*req, m.action.clone(), m.auto));
-                }
-            }
-        }
-        out
+    /// The runs requested at or after `since_ms`: (requested at, action,
+    /// queued by the planner), in no particular order.
+    pub fn requested_since(&self, since_ms: i64) -> impl Iterator<Item = (i64, &str, bool)> + '_ {
+        self.buckets.iter().flat_map(move |set| {
+            set.range((since_ms, RunId::min())..)
+                .filter_map(|(req, id)| self.entries.get(id).map(|m| (*req, &*m.action, m.auto)))
+        })
     }
 
     pub fn get(&self, id: &RunId) -> Option<&Meta> {

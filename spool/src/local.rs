@@ -196,6 +196,8 @@ impl Default for SpoolOptions {
 struct Inner {
     root: PathBuf,
     runs: PathBuf,
+    /// `<root>/hosts`: host documents and activity logs.
+    hosts: PathBuf,
     io: Arc<dyn DurableIo>,
     clock: Arc<dyn Clock>,
     worker: String,
@@ -227,6 +229,24 @@ struct AuditLog {
 #[derive(Debug, Clone)]
 pub struct LocalSpool {
     inner: Arc<Inner>,
+}
+
+/// `base/name1/name2.../nameN` + `suffix`, built in one allocation (these
+/// paths are made several times per request). The names are ids and
+/// directory names: plain file names, never absolute or with a separator,
+/// so this is what `Path::join` would make.
+fn join_names(base: &Path, names: &[&str], suffix: &str) -> PathBuf {
+    let len =
+        base.as_os_str().len() + names.iter().map(|n| n.len() + 1).sum::<usize>() + suffix.len();
+    let mut s = std::ffi::OsString::with_capacity(len);
+    s.push(base.as_os_str());
+    for n in names {
+        debug_assert!(!n.is_empty() && !n.contains('/'));
+        s.push("/");
+        s.push(n);
+    }
+    s.push(suffix);
+    PathBuf::from(s)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -322,6 +342,7 @@ impl LocalSpool {
         let spool = LocalSpool {
             inner: Arc::new(Inner {
                 index: Mutex::new(Index::new(runs.clone())),
+                hosts: root.join("hosts"),
                 root,
                 runs,
                 io: opts.io,
@@ -351,11 +372,15 @@ impl LocalSpool {
     }
 
     fn dir_path(&self, host: &HostId, dir: Dir) -> PathBuf {
-        self.inner.runs.join(host.as_str()).join(dir.name())
+        join_names(&self.inner.runs, &[host.as_str(), dir.name()], "")
     }
 
     fn file_path(&self, host: &HostId, dir: Dir, id: &RunId) -> PathBuf {
-        self.dir_path(host, dir).join(id.as_str())
+        join_names(
+            &self.inner.runs,
+            &[host.as_str(), dir.name(), id.as_str()],
+            "",
+        )
     }
 
     /// Creates a host's directories (0700) and makes them durable.
@@ -412,10 +437,13 @@ impl LocalSpool {
 
     /// fsyncs `dir`, sharing the fsync with concurrent callers (group commit).
     fn sync_dir(&self, dir: &Path) -> Result<()> {
-        let gs = lock(&self.inner.syncs)
-            .entry(dir.to_path_buf())
-            .or_default()
-            .clone();
+        let gs = {
+            let mut syncs = lock(&self.inner.syncs);
+            match syncs.get(dir) {
+                Some(gs) => gs.clone(),
+                None => syncs.entry(dir.to_path_buf()).or_default().clone(),
+            }
+        };
         gs.sync(&*self.inner.io, dir)
             .map_err(|e| SpoolError::io("fsync", dir, e))
     }
@@ -1356,10 +1384,7 @@ impl LocalSpool {
     // ----- host documents, audit log, control requests -----
 
     fn host_doc_path(&self, host: &HostId) -> PathBuf {
-        self.inner
-            .root
-            .join("hosts")
-            .join(format!("{}.json", host.as_str()))
+        join_names(&self.inner.hosts, &[host.as_str()], ".json")
     }
 
     /// A host's policy document (`hosts/<hostId>.json`), if one was stored.
@@ -1464,10 +1489,7 @@ impl LocalSpool {
     }
 
     fn host_activity_path(&self, host: &HostId) -> PathBuf {
-        self.inner
-            .root
-            .join("hosts")
-            .join(format!("{}.activity.log", host.as_str()))
+        join_names(&self.inner.hosts, &[host.as_str()], ".activity.log")
     }
 
     /// What operators did on a host recently (the latest dry-run of each
@@ -2246,12 +2268,11 @@ pub struct RecentRequest {
 
 /// Runs of `host` requested at or after `since`, newest first.
 fn recent_in(idx: &Index, host: &HostId, since: Timestamp) -> Vec<RecentRequest> {
-    let mut v: Vec<RecentRequest> = idx
-        .hosts()
-        .get(host)
-        .map(|h| h.requested_since(since.timestamp_millis()))
-        .unwrap_or_default()
-        .into_iter()
+    let Some(h) = idx.hosts().get(host) else {
+        return Vec::new();
+    };
+    let mut v: Vec<RecentRequest> = h
+        .requested_since(since.timestamp_millis())
         .filter_map(|(ms, action, auto)| {
             Some(RecentRequest {
                 action_key: action.to_string(),
@@ -2262,4 +2283,28 @@ fn recent_in(idx: &Index, host: &HostId, since: Timestamp) -> Vec<RecentRequest>
         .collect();
     v.sort_by_key(|r| std::cmp::Reverse(r.requested_at));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_names_makes_what_join_makes() {
+        for base in ["spool/runs", "/var/spool/runs", "runs"] {
+            let base = Path::new(base);
+            assert_eq!(
+                join_names(base, &["web-1", "queued", "r01"], ""),
+                base.join("web-1").join("queued").join("r01")
+            );
+            assert_eq!(
+                join_names(base, &["web-1"], ".activity.log"),
+                base.join("web-1.activity.log")
+            );
+            assert_eq!(
+                join_names(base, &["web-1"], ".json").as_os_str(),
+                base.join("web-1.json").as_os_str()
+            );
+        }
+    }
 }
