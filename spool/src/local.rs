@@ -938,21 +938,30 @@ impl LocalSpool {
         let host = record.host_id.clone();
         let id = record.run_id.clone();
         let target = Dir::for_state(record.state);
+        // The record goes into its event to be encoded and comes back out:
+        // no copy of it is made.
         let ev = Event {
             seq: 0,
             at: record.requested_at,
             kind: EventKind::Enqueued {
-                record: Box::new(record.clone()),
+                record: Box::new(record),
             },
         };
+        let bytes = codec::encode(&ev);
+        let EventKind::Enqueued { record } = ev.kind else {
+            unreachable!("the event was made as an enqueue just above")
+        };
+        let record = *record;
         let nonce: u64 = rand::random();
-        let tmp = self
-            .dir_path(&host, Dir::Tmp)
-            .join(format!("{}.{nonce:016x}", id.as_str()));
+        let tmp = join_names(
+            &self.inner.runs,
+            &[host.as_str(), Dir::Tmp.name(), id.as_str()],
+            &format!(".{nonce:016x}"),
+        );
         let file = self
             .inner
             .io
-            .create_new(&tmp, &codec::encode(&ev))
+            .create_new(&tmp, &bytes)
             .map_err(|e| SpoolError::io("create", &tmp, e))?;
         let dest = self.file_path(&host, target, &id);
         // This process enters the run into its index itself: an index sync
