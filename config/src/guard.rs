@@ -157,24 +157,34 @@ fn check_argv(argv: &[String], guard: &GuardPolicy) -> Result<(), Denied> {
         return deny("empty_command", "empty command");
     };
     for (i, arg) in argv.iter().enumerate() {
-        let what = if i == 0 {
-            "the executable".to_owned()
-        } else {
-            format!("argument {i}")
+        // Named only in a refusal: nothing is formatted for an argument
+        // that passes.
+        let what = || {
+            if i == 0 {
+                "the executable".to_owned()
+            } else {
+                format!("argument {i}")
+            }
         };
         if arg.contains('\0') {
-            return deny("nul_byte", format!("{what} contains a NUL byte"));
+            return deny("nul_byte", format!("{} contains a NUL byte", what()));
         }
         if arg.chars().any(char::is_control) {
             return deny(
                 "control_char",
-                format!("{what} {arg:?} contains a newline or another control character"),
+                format!(
+                    "{} {arg:?} contains a newline or another control character",
+                    what()
+                ),
             );
         }
         if !arg.is_ascii() {
             return deny(
                 "non_ascii",
-                format!("{what} {arg:?} contains non-ASCII characters (a look-alike letter?)"),
+                format!(
+                    "{} {arg:?} contains non-ASCII characters (a look-alike letter?)",
+                    what()
+                ),
             );
         }
     }
@@ -228,11 +238,14 @@ fn check_argv(argv: &[String], guard: &GuardPolicy) -> Result<(), Denied> {
 
 /// Check the executable path; returns its file name.
 fn check_executable(exe: &str) -> Result<&str, Denied> {
-    let dirs = SYSTEM_DIRS.join(", ");
+    let dirs = || SYSTEM_DIRS.join(", ");
     if !exe.starts_with('/') {
         return deny(
             "not_absolute",
-            format!("executable {exe:?} must be an absolute path in one of {dirs}"),
+            format!(
+                "executable {exe:?} must be an absolute path in one of {}",
+                dirs()
+            ),
         );
     }
     if exe.ends_with('/') || exe.contains("//") || exe.split('/').any(|c| c == "." || c == "..") {
@@ -253,7 +266,10 @@ fn check_executable(exe: &str) -> Result<&str, Denied> {
     if !SYSTEM_DIRS.contains(&dir) {
         return deny(
             "untrusted_location",
-            format!("executable {exe:?} is outside the system directories ({dirs})"),
+            format!(
+                "executable {exe:?} is outside the system directories ({})",
+                dirs()
+            ),
         );
     }
     Ok(name)
