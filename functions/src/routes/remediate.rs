@@ -382,18 +382,8 @@ async fn execute(
         auto_queued: false,
         auto_reason: None,
         auto_tier: None,
-        risk: Some(
-            serde_json::to_value(a.risk)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-        ),
-        tier: Some(
-            serde_json::to_value(a.tier)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-        ),
+        risk: Some(a.risk.as_str().to_string()),
+        tier: Some(a.tier.as_str().to_string()),
     };
     // The gates and the enqueue are one store step (under the host's lock
     // in the local spool): the facts the gates see stay true until the run
@@ -401,11 +391,13 @@ async fn execute(
     // the store's index; an execute writes nothing but its own run.
     let hour_ago = now - chrono::Duration::hours(1);
     let window = GateFacts::window(now, p.execute_cooldown());
-    let policy = p.clone();
+    // The gate check runs in the store step: it takes the effective policy
+    // along (a reference count, not a copy of the policy).
+    let effective = t.effective.clone();
     let action_id = a.id.clone();
     let check: EnqueueCheck = Box::new(move |f: &GateFacts| {
         let gate = ExecuteGateInput {
-            policy: &policy,
+            policy: &effective.policy,
             active_run: f.active_run.is_some(),
             executes_last_hour: f.requests_after(hour_ago, false),
             since_last_execute: f.since_last_request(&action_id, now),
