@@ -117,7 +117,10 @@ id_type!(IdemKey, "idempotencyKey", "A caller's idempotency key.");
 impl RunId {
     /// The smallest run id, for range queries.
     pub(crate) fn min() -> Self {
-        RunId(SafeId(Arc::from("")))
+        // Made once: range queries ask for it on every execute.
+        static MIN: std::sync::LazyLock<RunId> =
+            std::sync::LazyLock::new(|| RunId(SafeId(Arc::from(""))));
+        MIN.clone()
     }
 
     /// A fresh, time-ordered run id (UUIDv7 in lower-case hex, `r` prefix).
