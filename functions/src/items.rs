@@ -5,7 +5,7 @@
 
 use remediate_spool::{ApprovalStatus, Counts, RunRecord, RunState};
 use serde::Serialize;
-use serde::ser::{Error as _, Impossible, SerializeMap, SerializeStruct, Serializer};
+use serde::ser::{Impossible, SerializeMap, SerializeStruct, Serializer};
 use serde_json::{Value, json};
 
 /// The original's state names: queued, running, succeeded, failed (DLQ),
@@ -93,10 +93,15 @@ struct StructFields<'m, M> {
     skip: &'m [&'m str],
 }
 
+/// What [`StructFields`] answers to anything but a struct.
+fn not_a_struct<E: serde::ser::Error>() -> E {
+    E::custom("a run item is made of a struct's fields")
+}
+
 macro_rules! not_a_struct {
     ($($f:ident($t:ty)),* $(,)?) => {$(
         fn $f(self, _: $t) -> Result<(), M::Error> {
-            Err(M::Error::custom("a run item is made of a struct's fields"))
+            Err(not_a_struct())
         }
     )*};
 }
@@ -141,7 +146,7 @@ impl<'m, M: SerializeMap> Serializer for StructFields<'m, M> {
         self.serialize_unit()
     }
     fn serialize_unit(self) -> Result<(), M::Error> {
-        Err(M::Error::custom("a run item is made of a struct's fields"))
+        Err(not_a_struct())
     }
     fn serialize_unit_variant(
         self,
@@ -168,17 +173,17 @@ impl<'m, M: SerializeMap> Serializer for StructFields<'m, M> {
         self.serialize_unit()
     }
     fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, M::Error> {
-        Err(M::Error::custom("a run item is made of a struct's fields"))
+        Err(not_a_struct())
     }
     fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, M::Error> {
-        Err(M::Error::custom("a run item is made of a struct's fields"))
+        Err(not_a_struct())
     }
     fn serialize_tuple_struct(
         self,
         _: &'static str,
         _: usize,
     ) -> Result<Self::SerializeTupleStruct, M::Error> {
-        Err(M::Error::custom("a run item is made of a struct's fields"))
+        Err(not_a_struct())
     }
     fn serialize_tuple_variant(
         self,
@@ -187,10 +192,10 @@ impl<'m, M: SerializeMap> Serializer for StructFields<'m, M> {
         _: &'static str,
         _: usize,
     ) -> Result<Self::SerializeTupleVariant, M::Error> {
-        Err(M::Error::custom("a run item is made of a struct's fields"))
+        Err(not_a_struct())
     }
     fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, M::Error> {
-        Err(M::Error::custom("a run item is made of a struct's fields"))
+        Err(not_a_struct())
     }
     fn serialize_struct_variant(
         self,
@@ -199,7 +204,7 @@ impl<'m, M: SerializeMap> Serializer for StructFields<'m, M> {
         _: &'static str,
         _: usize,
     ) -> Result<Self::SerializeStructVariant, M::Error> {
-        Err(M::Error::custom("a run item is made of a struct's fields"))
+        Err(not_a_struct())
     }
 }
 
