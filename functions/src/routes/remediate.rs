@@ -57,11 +57,11 @@ pub async fn remediate(
     // parsed for an authenticated caller, and says which role it needs.
     let who = ctx.auth(&st, Need::VIEWER)?;
     let req: Remediate = parse_json(&body)?;
-    let mode = req.mode.clone().unwrap_or_else(|| "plan".into());
+    let mode = req.mode.as_deref().unwrap_or("plan");
     if mode != "plan" {
         crate::auth::require_role(&who, Need::OPS.role)?;
     }
-    match mode.as_str() {
+    match mode {
         "drain-queue" => {
             let limit = clamp_limit(req.limit, 5, 1, 50);
             let drained = drain_runs(&st, &who, limit).await?;
@@ -83,7 +83,7 @@ pub async fn remediate(
         }
         "plan" | "dry-run" | "execute" => {
             let target = Target::resolve(&st, &who, &req).await?;
-            match mode.as_str() {
+            match mode {
                 "plan" => Ok(Json(plan(&st, &target, &req)).into_response()),
                 "dry-run" => Ok(dry_run(&st, &ctx, &who, &target, &req)
                     .await?
@@ -360,7 +360,7 @@ async fn execute(
     let new = NewRun {
         host_id: t.host.clone(),
         action_key: a.id.clone(),
-        params: rendered.params.clone().into_iter().collect(),
+        params: rendered.params.into_iter().collect(),
         requested_by: who.name.clone(),
         idempotency_key: key,
         max_attempts: p.max_retry_attempts,

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use crate::auth::Need;
 use crate::error::{ApiError, ApiResult};
-use crate::items::item;
+use crate::items::Item;
 use crate::{Ctx, SharedState, audit, parse_json};
 
 /// Most signals one report may carry.
@@ -317,15 +317,15 @@ pub async fn report(
             }
         }
         queued_ids.push(enq.record.run_id.to_string());
-        results.push(merge(base, {
-            let mut v = json!({
+        results.push(merge(
+            base,
+            json!({
                 "queued": true,
                 "created": enq.created,
                 "approvalRequired": needs_approval,
-            });
-            v["run"] = item(&enq.record, false);
-            v
-        }));
+                "run": Item::new(&enq.record, false),
+            }),
+        ));
     }
     let auto_drain = p.queue_autodrain;
     let drain_triggered = auto_drain && ready > 0;
