@@ -251,28 +251,16 @@ fn http_enqueue(addr: &str, work: &[(String, &str)], clients: usize) -> (Duratio
     if clients > 1 {
         return http_enqueue_async(addr, work, clients);
     }
-    let per = work.len().div_ceil(clients).max(1);
+    let mut c = Conn::new(addr);
     let t = Instant::now();
-    let lat: Vec<Duration> = std::thread::scope(|s| {
-        let hs: Vec<_> = work
-            .chunks(per)
-            .map(|chunk| {
-                s.spawn(move || {
-                    let mut c = Conn::new(addr);
-                    let mut l = Vec::new();
-                    for (h, a) in chunk {
-                        let body = execute_body(h, a);
-                        let t = Instant::now();
-                        let (st, b) = c.req("POST", "/api/remediate", &body);
-                        l.push(t.elapsed());
-                        assert_eq!(st, 200, "{b}");
-                    }
-                    l
-                })
-            })
-            .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    });
+    let mut lat = Vec::with_capacity(work.len());
+    for (h, a) in work {
+        let body = execute_body(h, a);
+        let t = Instant::now();
+        let (st, b) = c.req("POST", "/api/remediate", &body);
+        lat.push(t.elapsed());
+        assert_eq!(st, 200, "{b}");
+    }
     (t.elapsed(), lat)
 }
 
