@@ -174,8 +174,10 @@ pub async fn run(deps: Deps, shutdown: impl Future<Output = ()>) -> Result<Stopp
             None
         }
     };
-    // Drain requests from the HTTP side land in control/.
-    let control = match DirWatch::new(&deps.spool.control_path()) {
+    // Drain requests from the HTTP side land in control/: a host's drain
+    // file is written in place, so its changes are watched too (the take's
+    // own emptying of it wakes the loop once more, to find nothing).
+    let control = match DirWatch::on(&[&deps.spool.control_path()], true) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch control/: drain requests wait for the rescan");

@@ -32,8 +32,9 @@ impl DirWatch {
     }
 
     /// Watches several directories on one descriptor: files renamed or
-    /// created into them and, with `modified`, appends to the files in them
-    /// (the S3 mirror wants every event of a record, not only its moves).
+    /// created into them and, with `modified`, writes to the files in them
+    /// (the S3 mirror wants every event of a record, not only its moves; the
+    /// daemon wants every change of its drain file).
     pub fn on(dirs: &[&Path], modified: bool) -> Result<DirWatch> {
         let first = dirs.first().copied().unwrap_or(Path::new("."));
         let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| {

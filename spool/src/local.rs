@@ -268,6 +268,21 @@ fn ensure_dir(path: &Path) -> Result<bool> {
     }
 }
 
+/// The limit a drain file holds (`None` when it is empty) and its length.
+/// Contents that are not a number (a write torn by a crash) still ask for a
+/// drain: of one run.
+fn read_drain_limit(mut f: &File) -> io::Result<(Option<u32>, u64)> {
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    let pending = (!bytes.is_empty()).then(|| {
+        std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(1)
+    });
+    Ok((pending, bytes.len() as u64))
+}
+
 /// Rule 8: whoever can write the spool can make the executor run commands.
 fn check_dir_safe(path: &Path) -> Result<()> {
     let md = std::fs::symlink_metadata(path).map_err(|e| SpoolError::io("stat", path, e))?;
@@ -1613,8 +1628,24 @@ impl LocalSpool {
         self.inner.root.join("control")
     }
 
-    /// Asks the executor of `host` to drain up to `limit` due runs now:
-    /// drops a request file into `control/` (which the executor watches).
+    /// The file through which `host`'s executor is asked to drain:
+    /// `control/drain.<host>`, one per host, holding the largest limit asked
+    /// for and not yet taken (empty when none is pending).
+    fn drain_path(&self, host: &HostId) -> PathBuf {
+        self.control_dir().join(format!("drain.{}", host.as_str()))
+    }
+
+    /// Asks the executor of `host` to drain up to `limit` due runs now: the
+    /// host's drain file in `control/` (which the executor watches) is made
+    /// to hold at least `limit`, under an flock that the executor's take
+    /// also holds, so a request is either taken whole or still pending.
+    ///
+    /// The file is written in place, never replaced or removed: under the
+    /// default `queueAutodrain` every execute asks for a drain, and a file
+    /// per request (created by the API, removed by the executor) freed an
+    /// inode per execute, which an ext4 without a journal makes every later
+    /// file creation near it scan past for minutes. A limit already pending
+    /// that is at least `limit` covers the request: nothing is written.
     ///
     /// Not fsynced: a drain request is a wake-up, not a record. The runs it
     /// is about are durable already, and an executor that (re)starts after
@@ -1624,55 +1655,61 @@ impl LocalSpool {
     /// `make bench-http` with autodrain on, 0.39x of the spool's enqueue
     /// at 1 client instead of 0.6-0.7x.)
     pub fn request_drain_blocking(&self, host: &HostId, limit: u32) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let dir = self.control_dir();
-        ensure_dir(&dir)?;
-        let nonce: u64 = rand::random();
-        let name = format!("drain.{}.{nonce:016x}", host.as_str());
-        let body = serde_json::json!({ "hostId": host.as_str(), "limit": limit, "requestedAt": self.now() });
-        let tmp = self.inner.root.join("control").join(format!(".{name}.tmp"));
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(body.to_string().as_bytes()))
-            .map_err(|e| SpoolError::io("create", &tmp, e))?;
-        let dest = dir.join(&name);
-        self.inner
-            .io
-            .rename_noreplace(&tmp, &dest)
-            .map_err(|e| SpoolError::io("rename", &dest, e))
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let path = self.drain_path(host);
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+        };
+        let f = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                ensure_dir(&self.control_dir())?;
+                open()
+            }
+            r => r,
+        }
+        .map_err(|e| SpoolError::io("open", &path, e))?;
+        let f = Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| SpoolError::io("flock", &path, e.into()))?;
+        let (pending, len) = read_drain_limit(&f).map_err(|e| SpoolError::io("read", &path, e))?;
+        if pending.is_some_and(|p| p >= limit) {
+            return Ok(());
+        }
+        let body = format!("{limit}\n");
+        f.write_all_at(body.as_bytes(), 0)
+            .and_then(|()| {
+                if len > body.len() as u64 {
+                    f.set_len(body.len() as u64)
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(|e| SpoolError::io("write", &path, e))
     }
 
-    /// Takes (and removes) the pending drain requests of `host`; returns the
-    /// largest limit asked for, if any.
+    /// Takes the pending drain request of `host`, if any: the largest limit
+    /// asked for since the last take (at most 50). The host's drain file is
+    /// emptied, not removed.
     pub fn take_drain_requests(&self, host: &HostId) -> Result<Option<u32>> {
-        let dir = self.control_dir();
-        let prefix = format!("drain.{}.", host.as_str());
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
+        let path = self.drain_path(host);
+        let f = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(SpoolError::io("readdir", dir, e)),
+            Err(e) => return Err(SpoolError::io("open", &path, e)),
         };
-        let mut best: Option<u32> = None;
-        for e in rd.filter_map(|e| e.ok()) {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with(&prefix) {
-                continue;
-            }
-            let limit = std::fs::read(e.path())
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| v.get("limit").and_then(|l| l.as_u64()))
-                .unwrap_or(1)
-                .min(50) as u32;
-            if std::fs::remove_file(e.path()).is_ok() {
-                best = Some(best.map_or(limit, |b| b.max(limit)));
-            }
+        let f = Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| SpoolError::io("flock", &path, e.into()))?;
+        let (pending, len) = read_drain_limit(&f).map_err(|e| SpoolError::io("read", &path, e))?;
+        if len > 0 {
+            f.set_len(0)
+                .map_err(|e| SpoolError::io("truncate", &path, e))?;
         }
-        Ok(best)
+        Ok(pending.map(|l| l.min(50)))
     }
 
     /// The directory the executor watches for control requests.

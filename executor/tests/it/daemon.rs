@@ -150,12 +150,30 @@ async fn flushed_retries_run_at_once_and_drain_requests_are_consumed() {
         .request_drain_blocking(&env.host, 5)
         .expect("drain request");
     assert_eq!(d.next_event().await, (id.clone(), RunEnd::Succeeded));
+    // Again, now that the host's drain file exists: a request rewrites it
+    // in place, and that change wakes the daemon too.
+    let second = env.enqueue(env.new_run("fail-once"));
+    assert!(matches!(d.next_event().await, (ref i, RunEnd::RetryScheduled(_)) if *i == second));
+    assert_eq!(
+        env.spool.flush_retries_blocking(&env.host).expect("flush"),
+        1
+    );
+    env.spool
+        .request_drain_blocking(&env.host, 5)
+        .expect("drain request");
+    assert_eq!(d.next_event().await, (second, RunEnd::Succeeded));
     d.shutdown().await;
-    // The request was consumed.
-    let left = std::fs::read_dir(env.spool.control_path())
+    // The requests were consumed: the host's drain file is empty, and it
+    // is all that control/ holds.
+    assert_eq!(
+        env.spool.take_drain_requests(&env.host).expect("take"),
+        None
+    );
+    let left: Vec<_> = std::fs::read_dir(env.spool.control_path())
         .expect("control dir")
-        .count();
-    assert_eq!(left, 0);
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec![format!("drain.{}", env.host)]);
 }
 
 #[tokio::test]

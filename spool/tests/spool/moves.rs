@@ -606,6 +606,119 @@ fn host_documents_audit_and_drain_requests() {
     );
 }
 
+/// Host ids may hold dots: one host's drain requests are never another's
+/// whose id it begins (requests were once files named
+/// `drain.<host>.<nonce>`, and the executor of `web` took those of
+/// `web.example.com` as its own).
+#[test]
+fn drain_requests_of_hosts_whose_ids_share_a_prefix_stay_apart() {
+    let ts = TempSpool::new();
+    let (web, long) = (host("web"), host("web.example.com"));
+    ts.spool.request_drain_blocking(&long, 4).unwrap();
+    ts.spool.request_drain_blocking(&web, 2).unwrap();
+    assert_eq!(ts.spool.take_drain_requests(&web).unwrap(), Some(2));
+    assert_eq!(ts.spool.take_drain_requests(&web).unwrap(), None);
+    assert_eq!(ts.spool.take_drain_requests(&long).unwrap(), Some(4));
+    // A limit above the executor's cap is taken as the cap.
+    ts.spool.request_drain_blocking(&long, 500).unwrap();
+    assert_eq!(ts.spool.take_drain_requests(&long).unwrap(), Some(50));
+}
+
+/// Under the default autodrain every execute asks for a drain: the
+/// requests of a host go through one file, written in place, so asking and
+/// taking create and free no inode (an ext4 without a journal makes every
+/// later file creation near a freed inode scan past it for minutes).
+#[test]
+fn drain_requests_reuse_one_file_per_host() {
+    use std::os::unix::fs::MetadataExt;
+    let ts = TempSpool::new();
+    let h = host("h");
+    let control = ts.spool.control_path();
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&control)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    ts.spool.request_drain_blocking(&h, 3).unwrap();
+    let file = control.join("drain.h");
+    let ino = std::fs::metadata(&file).unwrap().ino();
+    for limit in [1, 7, 2] {
+        ts.spool.request_drain_blocking(&h, limit).unwrap();
+    }
+    // The largest pending limit, and nothing but it.
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "7\n");
+    assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), Some(7));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "");
+    ts.spool.request_drain_blocking(&h, 1).unwrap();
+    assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), Some(1));
+    assert_eq!(names(), vec!["drain.h".to_string()]);
+    assert_eq!(std::fs::metadata(&file).unwrap().ino(), ino);
+    // Contents torn by a crash still ask for a drain (of one run), and
+    // are replaced by the next request.
+    std::fs::write(&file, b"\x00\x00\x00").unwrap();
+    assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), Some(1));
+    std::fs::write(&file, b"garbage that is longer").unwrap();
+    ts.spool.request_drain_blocking(&h, 4).unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "4\n");
+    // A control/ directory removed by hand is made again.
+    std::fs::remove_dir_all(&control).unwrap();
+    assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), None);
+    ts.spool.request_drain_blocking(&h, 2).unwrap();
+    assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), Some(2));
+}
+
+/// Requests and takes from several threads (as from the API's connection
+/// threads and the executor): the largest limit asked for is always taken
+/// by some take, none after its request is lost to a take that emptied the
+/// file in between.
+#[test]
+fn concurrent_drain_requests_are_never_lost_to_a_take() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let spool = &ts.spool;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    for round in 0..20u32 {
+        let top = 10 + round;
+        let taken = std::thread::scope(|s| {
+            let taker = s.spawn(|| {
+                let mut seen = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    seen.extend(spool.take_drain_requests(&h).unwrap());
+                }
+                seen
+            });
+            let askers: Vec<_> = (0..4u32)
+                .map(|t| {
+                    let h = h.clone();
+                    s.spawn(move || {
+                        for i in 0..50u32 {
+                            // One thread asks for `top` once, amid the rest.
+                            let limit = if t == 0 && i == 25 {
+                                top
+                            } else {
+                                1 + (i + t) % 9
+                            };
+                            spool.request_drain_blocking(&h, limit).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for a in askers {
+                a.join().unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut seen = taker.join().unwrap();
+            done.store(false, std::sync::atomic::Ordering::SeqCst);
+            seen.extend(spool.take_drain_requests(&h).unwrap());
+            seen
+        });
+        assert_eq!(taken.iter().max(), Some(&top), "round {round}: {taken:?}");
+    }
+}
+
 #[test]
 fn host_activity_keeps_latest_dry_run_and_recent_executes() {
     let ts = TempSpool::new();
