@@ -268,19 +268,23 @@ fn ensure_dir(path: &Path) -> Result<bool> {
     }
 }
 
-/// The limit a drain file holds (`None` when it is empty) and its length.
-/// Contents that are not a number (a write torn by a crash) still ask for a
-/// drain: of one run.
-fn read_drain_limit(mut f: &File) -> io::Result<(Option<u32>, u64)> {
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)?;
-    let pending = (!bytes.is_empty()).then(|| {
-        std::str::from_utf8(&bytes)
+/// The limit a drain file holds (`None` when it is empty) and how many
+/// bytes were read (at most 32: a file that long may be longer). One read:
+/// a drain file holds a number and a newline; contents that are not one (a
+/// write torn by a crash, a file filled by hand) still ask for a drain, of
+/// one run.
+fn read_drain_limit(f: &File) -> io::Result<(Option<u32>, usize)> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 32];
+    let n = f.read_at(&mut buf, 0)?;
+    let pending = (n > 0).then(|| {
+        std::str::from_utf8(&buf[..n])
             .ok()
+            .filter(|_| n < buf.len())
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(1)
     });
-    Ok((pending, bytes.len() as u64))
+    Ok((pending, n))
 }
 
 /// Rule 8: whoever can write the spool can make the executor run commands.
@@ -1676,14 +1680,15 @@ impl LocalSpool {
         .map_err(|e| SpoolError::io("open", &path, e))?;
         let f = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| SpoolError::io("flock", &path, e.into()))?;
-        let (pending, len) = read_drain_limit(&f).map_err(|e| SpoolError::io("read", &path, e))?;
+        let (pending, read) = read_drain_limit(&f).map_err(|e| SpoolError::io("read", &path, e))?;
         if pending.is_some_and(|p| p >= limit) {
             return Ok(());
         }
         let body = format!("{limit}\n");
         f.write_all_at(body.as_bytes(), 0)
             .and_then(|()| {
-                if len > body.len() as u64 {
+                // Whatever the file held beyond the new limit goes.
+                if read > body.len() {
                     f.set_len(body.len() as u64)
                 } else {
                     Ok(())
@@ -1704,8 +1709,8 @@ impl LocalSpool {
         };
         let f = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| SpoolError::io("flock", &path, e.into()))?;
-        let (pending, len) = read_drain_limit(&f).map_err(|e| SpoolError::io("read", &path, e))?;
-        if len > 0 {
+        let (pending, read) = read_drain_limit(&f).map_err(|e| SpoolError::io("read", &path, e))?;
+        if read > 0 {
             f.set_len(0)
                 .map_err(|e| SpoolError::io("truncate", &path, e))?;
         }

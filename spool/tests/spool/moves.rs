@@ -660,9 +660,17 @@ fn drain_requests_reuse_one_file_per_host() {
     // are replaced by the next request.
     std::fs::write(&file, b"\x00\x00\x00").unwrap();
     assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), Some(1));
-    std::fs::write(&file, b"garbage that is longer").unwrap();
-    ts.spool.request_drain_blocking(&h, 4).unwrap();
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "4\n");
+    for garbage in [
+        "garbage",
+        "12345678901234567890123456789012345678901234567890",
+    ] {
+        std::fs::write(&file, garbage).unwrap();
+        ts.spool.request_drain_blocking(&h, 4).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "4\n");
+        std::fs::write(&file, garbage).unwrap();
+        assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), Some(1));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "");
+    }
     // A control/ directory removed by hand is made again.
     std::fs::remove_dir_all(&control).unwrap();
     assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), None);
