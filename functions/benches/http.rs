@@ -15,8 +15,8 @@
 //! guard, gates, the durable enqueue and the audit line. Hosts are spread so
 //! the per-action gates (one active run, cooldown) do not refuse requests.
 //! The server runs with `VPS_REMEDIATE_QUEUE_AUTODRAIN=false`: no executor
-//! runs here to take the drain request each execute would otherwise drop
-//! into `control/` (a file written and renamed, not fsynced).
+//! runs here to take the drain request each execute would otherwise make
+//! (its host's drain file in `control/`, rewritten in place, not fsynced).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
