@@ -287,6 +287,24 @@ fn read_drain_limit(f: &File) -> io::Result<(Option<u32>, usize)> {
     Ok((pending, n))
 }
 
+/// Locks a drain file, waiting about 50 ms at most: its lock is held for a
+/// read and a write, so a longer wait means its holder is stopped (a
+/// debugger, SIGSTOP), and neither an execute nor the executor's loop
+/// should hang on that. `None` when it stayed locked.
+fn lock_drain_file(mut f: File, path: &Path) -> Result<Option<Flock<File>>> {
+    for _ in 0..50 {
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(Some(locked)),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
+                f = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((_, e)) => return Err(SpoolError::io("flock", path, e.into())),
+        }
+    }
+    Ok(None)
+}
+
 /// Rule 8: whoever can write the spool can make the executor run commands.
 fn check_dir_safe(path: &Path) -> Result<()> {
     let md = std::fs::symlink_metadata(path).map_err(|e| SpoolError::io("stat", path, e))?;
@@ -1678,8 +1696,14 @@ impl LocalSpool {
             r => r,
         }
         .map_err(|e| SpoolError::io("open", &path, e))?;
-        let f = Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| SpoolError::io("flock", &path, e.into()))?;
+        let Some(f) = lock_drain_file(f, &path)? else {
+            tracing::warn!(
+                host_id = %host,
+                path = %path.display(),
+                "drain file locked for too long (its holder stopped?): this drain request is dropped; the executor still sees new runs through its queued/ watch"
+            );
+            return Ok(());
+        };
         let (pending, read) = read_drain_limit(&f).map_err(|e| SpoolError::io("read", &path, e))?;
         if pending.is_some_and(|p| p >= limit) {
             return Ok(());
@@ -1699,7 +1723,8 @@ impl LocalSpool {
 
     /// Takes the pending drain request of `host`, if any: the largest limit
     /// asked for since the last take (at most 50). The host's drain file is
-    /// emptied, not removed.
+    /// emptied, not removed. A file locked for too long is an error that
+    /// leaves its request for the next take.
     pub fn take_drain_requests(&self, host: &HostId) -> Result<Option<u32>> {
         let path = self.drain_path(host);
         let f = match OpenOptions::new().read(true).write(true).open(&path) {
@@ -1707,8 +1732,16 @@ impl LocalSpool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(SpoolError::io("open", &path, e)),
         };
-        let f = Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| SpoolError::io("flock", &path, e.into()))?;
+        let Some(f) = lock_drain_file(f, &path)? else {
+            return Err(SpoolError::io(
+                "flock",
+                &path,
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "locked by another process for over 50 ms (stopped?)",
+                ),
+            ));
+        };
         let (pending, read) = read_drain_limit(&f).map_err(|e| SpoolError::io("read", &path, e))?;
         if read > 0 {
             f.set_len(0)

@@ -678,6 +678,28 @@ fn drain_requests_reuse_one_file_per_host() {
     assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), Some(2));
 }
 
+/// A drain file whose lock holder is stopped (a debugger, SIGSTOP) makes
+/// neither an execute's request nor the executor's take hang: the request
+/// is dropped (it is a wake-up), the take fails and leaves what is pending.
+#[test]
+fn a_drain_file_locked_by_a_stopped_holder_blocks_nobody() {
+    use nix::fcntl::{Flock, FlockArg};
+    let ts = TempSpool::new();
+    let h = host("h");
+    ts.spool.request_drain_blocking(&h, 3).unwrap();
+    let file = ts.spool.control_path().join("drain.h");
+    let holder = Flock::lock(
+        std::fs::File::open(&file).unwrap(),
+        FlockArg::LockExclusiveNonblock,
+    )
+    .unwrap();
+    ts.spool.request_drain_blocking(&h, 9).unwrap();
+    let err = ts.spool.take_drain_requests(&h).unwrap_err();
+    assert!(err.to_string().contains("over 50 ms"), "{err}");
+    drop(holder);
+    assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), Some(3));
+}
+
 /// Requests and takes from several threads (as from the API's connection
 /// threads and the executor): the largest limit asked for is always taken
 /// by some take, none after its request is lost to a take that emptied the
