@@ -1679,6 +1679,7 @@ impl LocalSpool {
     pub fn request_drain_blocking(&self, host: &HostId, limit: u32) -> Result<()> {
         use std::os::unix::fs::{FileExt, OpenOptionsExt};
         let path = self.drain_path(host);
+        // Not through a symbolic link: the file is written in place.
         let open = || {
             OpenOptions::new()
                 .read(true)
@@ -1686,6 +1687,7 @@ impl LocalSpool {
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
+                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
                 .open(&path)
         };
         let f = match open() {
@@ -1726,8 +1728,14 @@ impl LocalSpool {
     /// emptied, not removed. A file locked for too long is an error that
     /// leaves its request for the next take.
     pub fn take_drain_requests(&self, host: &HostId) -> Result<Option<u32>> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.drain_path(host);
-        let f = match OpenOptions::new().read(true).write(true).open(&path) {
+        let f = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(SpoolError::io("open", &path, e)),

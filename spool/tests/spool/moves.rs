@@ -700,6 +700,23 @@ fn a_drain_file_locked_by_a_stopped_holder_blocks_nobody() {
     assert_eq!(ts.spool.take_drain_requests(&h).unwrap(), Some(3));
 }
 
+/// The drain file is written in place, so never through a symbolic link
+/// (the spool's directories are its owner's alone, rule 8; this is the
+/// second line of defence): both sides refuse one and write nothing.
+#[test]
+fn a_drain_file_that_is_a_symlink_is_refused() {
+    let ts = TempSpool::new();
+    let h = host("h");
+    let target = ts.spool.root().join("elsewhere");
+    std::fs::write(&target, "precious\n").unwrap();
+    std::fs::create_dir_all(ts.spool.control_path()).unwrap();
+    std::os::unix::fs::symlink(&target, ts.spool.control_path().join("drain.h")).unwrap();
+    let err = ts.spool.request_drain_blocking(&h, 5).unwrap_err();
+    assert!(err.to_string().contains("drain.h"), "{err}");
+    assert!(ts.spool.take_drain_requests(&h).is_err());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+}
+
 /// Requests and takes from several threads (as from the API's connection
 /// threads and the executor): the largest limit asked for is always taken
 /// by some take, none after its request is lost to a take that emptied the
