@@ -287,22 +287,63 @@ fn read_drain_limit(f: &File) -> io::Result<(Option<u32>, usize)> {
     Ok((pending, n))
 }
 
-/// Locks a drain file, waiting about 50 ms at most: its lock is held for a
-/// read and a write, so a longer wait means its holder is stopped (a
-/// debugger, SIGSTOP), and neither an execute nor the executor's loop
-/// should hang on that. `None` when it stayed locked.
-fn lock_drain_file(mut f: File, path: &Path) -> Result<Option<Flock<File>>> {
-    for _ in 0..50 {
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(locked) => return Ok(Some(locked)),
-            Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
-                f = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((_, e)) => return Err(SpoolError::io("flock", path, e.into())),
+/// The pauses between attempts at something another process holds for a
+/// moment (a record's or a drain file's lock): 0.2 ms, doubling up to 5 ms,
+/// until `wait` has passed. A holder that keeps it longer is stopped or
+/// stuck, and the caller stops waiting.
+struct BusyWait {
+    deadline: std::time::Instant,
+    pause: Duration,
+}
+
+impl BusyWait {
+    fn new(wait: Duration) -> BusyWait {
+        BusyWait {
+            deadline: std::time::Instant::now() + wait,
+            pause: Duration::from_micros(200),
         }
     }
-    Ok(None)
+
+    /// Sleeps before the next attempt; `false` (without sleeping) once the
+    /// wait is over.
+    fn pause(&mut self) -> bool {
+        if std::time::Instant::now() >= self.deadline {
+            return false;
+        }
+        std::thread::sleep(self.pause);
+        self.pause = (self.pause * 2).min(Duration::from_millis(5));
+        true
+    }
+}
+
+/// How long a drain file's lock is waited for: it is held for a read and a
+/// write, so a longer wait means its holder is stopped (a debugger,
+/// SIGSTOP), and neither an execute nor the executor's loop should hang on
+/// that.
+const DRAIN_BUSY_WAIT: Duration = Duration::from_millis(50);
+
+/// Opens `path` (never through a symbolic link: a drain file is written in
+/// place; with `create`, made if missing) and locks it, waiting
+/// [`DRAIN_BUSY_WAIT`] at most. `Ok(None)`: it stayed locked.
+fn lock_drain_file(path: &Path, create: bool) -> io::Result<Option<Flock<File>>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)?;
+    let mut wait = BusyWait::new(DRAIN_BUSY_WAIT);
+    loop {
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(Some(locked)),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) if wait.pause() => f = back,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, e)) => return Err(e.into()),
+        }
+    }
 }
 
 /// Rule 8: whoever can write the spool can make the executor run commands.
@@ -1146,14 +1187,10 @@ impl LocalSpool {
     /// queue's order (and let a second run of the same action start first).
     /// A record moved away meanwhile is `Ok(None)`.
     fn lock_queued_waiting(&self, host: &HostId, id: &RunId) -> Result<Option<Locked>> {
-        let deadline = std::time::Instant::now() + CLAIM_BUSY_WAIT;
-        let mut pause = Duration::from_micros(200);
+        let mut wait = BusyWait::new(CLAIM_BUSY_WAIT);
         loop {
             match self.lock_at(host, Dir::Queued, id) {
-                Err(SpoolError::Busy { .. }) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(5));
-                }
+                Err(SpoolError::Busy { .. }) if wait.pause() => {}
                 other => return other,
             }
         }
@@ -1677,28 +1714,17 @@ impl LocalSpool {
     /// `make bench-http` with autodrain on, 0.39x of the spool's enqueue
     /// at 1 client instead of 0.6-0.7x.)
     pub fn request_drain_blocking(&self, host: &HostId, limit: u32) -> Result<()> {
-        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        use std::os::unix::fs::FileExt;
         let path = self.drain_path(host);
-        // Not through a symbolic link: the file is written in place.
-        let open = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-                .open(&path)
-        };
-        let f = match open() {
+        let locked = match lock_drain_file(&path, true) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 ensure_dir(&self.control_dir())?;
-                open()
+                lock_drain_file(&path, true)
             }
             r => r,
         }
-        .map_err(|e| SpoolError::io("open", &path, e))?;
-        let Some(f) = lock_drain_file(f, &path)? else {
+        .map_err(|e| SpoolError::io("lock", &path, e))?;
+        let Some(f) = locked else {
             tracing::warn!(
                 host_id = %host,
                 path = %path.display(),
@@ -1728,27 +1754,21 @@ impl LocalSpool {
     /// emptied, not removed. A file locked for too long is an error that
     /// leaves its request for the next take.
     pub fn take_drain_requests(&self, host: &HostId) -> Result<Option<u32>> {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.drain_path(host);
-        let f = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(&path)
-        {
-            Ok(f) => f,
+        let f = match lock_drain_file(&path, false) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return Err(SpoolError::io(
+                    "lock",
+                    &path,
+                    io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "locked by another process for over 50 ms (stopped?)",
+                    ),
+                ));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(SpoolError::io("open", &path, e)),
-        };
-        let Some(f) = lock_drain_file(f, &path)? else {
-            return Err(SpoolError::io(
-                "flock",
-                &path,
-                io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "locked by another process for over 50 ms (stopped?)",
-                ),
-            ));
+            Err(e) => return Err(SpoolError::io("lock", &path, e)),
         };
         let (pending, read) = read_drain_limit(&f).map_err(|e| SpoolError::io("read", &path, e))?;
         if read > 0 {
